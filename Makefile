@@ -1,0 +1,31 @@
+# Two front-door targets (see README): `make compare` runs the main job, `make test` the tests.
+# Both create .venv on first use. torch 2.13.0 (CPU build) is installed before anything else,
+# and constraints.txt pins it so no extra can pull a newer torch with its CUDA packages.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test compare bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
+	PIP_CONSTRAINT=constraints.txt $(PIP) install --quiet -e ".[all,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+compare: $(STAMP)
+	$(VENV)/bin/decoupled compare
+
+bench: $(STAMP)
+	$(VENV)/bin/decoupled bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,36 @@
+"""The loop backend: one tensor at a time, the readable reference every other backend is tested against."""
+
+from __future__ import annotations
+
+import torch
+
+from ..rule import DifferentiableTensorOps, GroupCoefficients, TensorOps, adam_update, step_coefficients
+
+_OPS = TensorOps()
+_DIFF_OPS = DifferentiableTensorOps()
+
+
+def step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    c: GroupCoefficients,
+    *,
+    differentiable: bool = False,
+) -> None:
+    """Apply :func:`decoupled.rule.adam_update` to each parameter in turn.
+
+    Complex tensors are updated as real tensors of shape ``(..., 2)``, so the second moment is
+    kept per real and imaginary part, as in PyTorch.
+    """
+    ops = _DIFF_OPS if differentiable else _OPS
+    for i, param in enumerate(params):
+        tensors = [param, grads[i], exp_avgs[i], exp_avg_sqs[i]]
+        tensors.append(max_exp_avg_sqs[i] if c.amsgrad else None)
+        if torch.is_complex(param):
+            tensors = [None if t is None else torch.view_as_real(t) for t in tensors]
+        neg_step_size, bias_correction2_sqrt = step_coefficients(c, state_steps[i].item())
+        adam_update(ops, *tensors, c, neg_step_size, bias_correction2_sqrt)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from . import functional, statedict
+from . import backends, functional, statedict
 from .hyper import check_group, check_number
 from .rule import Decay
 
@@ -145,7 +145,7 @@ class _AdamFamily(Optimizer):
     # ---- the step --------------------------------------------------------------------------
 
     def _params_with_grad(self, index: int, group: dict[str, Any]) -> list[torch.Tensor]:
-        """The group's parameters that have a gradient, after checking every one of them."""
+        """The group's parameters that have a gradient, after checking them and their backend."""
         check_group(group, where=f"param group {index}")
         names = group.get("param_names")
         out = []
@@ -160,9 +160,8 @@ class _AdamFamily(Optimizer):
                     f"{tuple(p.shape)}). Use torch.optim.SparseAdam for that parameter, or build the "
                     f"embedding with sparse=False."
                 )
-            if grad.shape != p.shape:
-                raise RuntimeError(f"the gradient of {what} has shape {tuple(grad.shape)}, the parameter {tuple(p.shape)}")
             out.append(p)
+        backends.resolve(self._backend(group), out, differentiable=group["differentiable"])
         return out
 
     @staticmethod

@@ -244,7 +244,7 @@ class DifferentiableTensorOps(TensorOps):
         return x / s
 
     def maximum_(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x.copy_(torch.maximum(x.clone(), y))
+        return x.copy_(torch.maximum(x.clone(), y.clone()))
 
     def addcdiv_(self, x, a, b, value: float) -> torch.Tensor:
         return x.addcdiv_(a.clone(), b, value=value)

@@ -1,0 +1,119 @@
+"""State is torch's state: same layout, and checkpoints move both ways mid-run."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import decoupled
+from scenario import assert_same, clone_params, gradient, make_params, two_groups
+
+PAIRS = [(decoupled.AdamW, torch.optim.AdamW), (decoupled.Adam, torch.optim.Adam)]
+
+
+def train(opt, params, steps, start=0):
+    for step in range(start, start + steps):
+        for i, p in enumerate(params):
+            p.grad = gradient(step, i, p)
+        opt.step()
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("flags", [{}, {"foreach": True}, {"fused": True}], ids=["default", "foreach", "fused"])
+def test_layout_is_torchs(ours, theirs, amsgrad, flags):
+    kind = "edge" if flags.get("fused") else "complex"
+    pa, pb = clone_params(make_params(kind, torch.float32)), clone_params(make_params(kind, torch.float32))
+    oa = ours(two_groups(pa, 0.1), weight_decay=0.1, amsgrad=amsgrad, **flags)
+    ob = theirs(two_groups(pb, 0.1), weight_decay=0.1, amsgrad=amsgrad, **flags)
+    train(oa, pa, 3)
+    train(ob, pb, 3)
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sa["state"].keys() == sb["state"].keys()
+    for k in sb["state"]:
+        assert list(sa["state"][k]) == list(sb["state"][k])  # same keys, same order
+        for key, t in sb["state"][k].items():
+            mine = sa["state"][k][key]
+            assert (mine.dtype, mine.device, mine.shape) == (t.dtype, t.device, t.shape), key
+            assert mine.stride() == t.stride(), f"{key} of {k} has strides {mine.stride()}, torch {t.stride()}"
+            if flags:  # the same implementation on both sides: the same bits
+                assert torch.equal(mine, t), key
+            else:  # decoupled's default runs the fused kernel, torch's the loop: ulps apart
+                torch.testing.assert_close(mine, t, rtol=1e-6, atol=1e-7)
+
+
+def roundtrip(sd):
+    buffer = io.BytesIO()
+    torch.save(sd, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+@pytest.mark.parametrize("direction", ["torch->decoupled", "decoupled->torch"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_checkpoint_moves_both_ways_and_training_continues_identically(ours, theirs, direction, amsgrad):
+    """Train 25 steps with one, save, load into the other, and continue: 50 steps = uninterrupted run."""
+    first, second = (theirs, ours) if direction == "torch->decoupled" else (ours, theirs)
+    kw = dict(weight_decay=0.1, amsgrad=amsgrad)
+    params = make_params("complex", torch.float32)
+    # uninterrupted reference run, 50 steps with the first class
+    ref = clone_params(params)
+    ref_opt = first(two_groups(ref, 0.1), **kw)
+    train(ref_opt, ref, 50)
+    # interrupted run: 25 steps with the first class, checkpoint, 25 steps with the second
+    ps = clone_params(params)
+    opt = first(two_groups(ps, 0.1), **kw)
+    train(opt, ps, 25)
+    checkpoint = roundtrip(opt.state_dict())
+    resumed_params = clone_params(ps)
+    resumed = second(two_groups(resumed_params, 0.1), **kw)
+    resumed.load_state_dict(checkpoint)
+    train(resumed, resumed_params, 25, start=25)
+    assert_same(ref, resumed_params, ref_opt, resumed, step=49)
+
+
+def test_lr_independent_state_round_trips():
+    params = make_params("edge", torch.float64)
+    ref = clone_params(params)
+    ref_opt = decoupled.AdamW(ref, lr=1e-2, weight_decay=1e-3, lr_independent_decay=True, lr_max=2e-2)
+    train(ref_opt, ref, 20)
+    ps = clone_params(params)
+    opt = decoupled.AdamW(ps, lr=1e-2, weight_decay=1e-3, lr_independent_decay=True, lr_max=2e-2)
+    train(opt, ps, 10)
+    sd = roundtrip(opt.state_dict())
+    assert sd["param_groups"][0]["lr_independent_decay"] is True and sd["param_groups"][0]["lr_max"] == 2e-2
+    resumed_params = clone_params(ps)
+    resumed = decoupled.AdamW(resumed_params, lr=1e-2, weight_decay=1e-3)  # plain: the checkpoint says lr-independent
+    resumed.load_state_dict(sd)
+    train(resumed, resumed_params, 10, start=10)
+    assert_same(ref, resumed_params, ref_opt, resumed, step=19)
+
+
+def test_adam_checkpoint_into_adamw_becomes_decoupled():
+    """As torch.optim.AdamW does, loading any checkpoint into AdamW keeps the decay decoupled."""
+    p = torch.ones(3, requires_grad=True)
+    source = torch.optim.Adam([p], weight_decay=0.1)
+    train(source, [p], 2)
+    target = decoupled.AdamW([torch.ones(3, requires_grad=True)])
+    target.load_state_dict(copy.deepcopy(source.state_dict()))
+    assert target.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_old_checkpoint_with_float_step_loads():
+    p = torch.ones(3, requires_grad=True)
+    opt = decoupled.AdamW([p])
+    train(opt, [p], 2)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["step"] = 2.0  # checkpoints from torch < 1.12 stored a number
+    for key in ("capturable", "differentiable", "fused", "foreach", "decoupled_weight_decay"):
+        del sd["param_groups"][0][key]
+    other = decoupled.AdamW([torch.ones(3, requires_grad=True)])
+    other.load_state_dict(sd)
+    (q,) = other.param_groups[0]["params"]
+    assert torch.is_tensor(other.state[q]["step"]) and other.state[q]["step"].item() == 2.0
+    assert other.param_groups[0]["decoupled_weight_decay"] is True

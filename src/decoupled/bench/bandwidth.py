@@ -1,0 +1,73 @@
+"""The machine's memory bandwidth, measured in the same run as the optimizer steps.
+
+Two STREAM-style kernels on arrays much larger than the caches, each timed as the median of
+several repeats after a warm-up:
+
+* **copy**: ``dst.copy_(src)``, moving ``2 * N * 4`` bytes (one read, one write per float);
+* **triad**: ``a = b + s * c`` (``torch.add(b, c, alpha=s, out=a)``), moving ``3 * N * 4`` bytes.
+
+An AdamW step is a many-stream version of the same access pattern (4 reads, 3 writes per
+fp32 parameter), so the larger of the two is the speed limit its effective GB/s is compared to.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Measured bandwidth in GB/s (1e9 bytes read + written per second)."""
+
+    copy_gbs: float
+    triad_gbs: float
+    elements: int
+    device: str
+
+    @property
+    def bound_gbs(self) -> float:
+        """The bound a streaming kernel is compared to: the faster of copy and triad."""
+        return max(self.copy_gbs, self.triad_gbs)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "bound_gbs": self.bound_gbs}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(device: str | torch.device = "cpu", elements: int = 64 * 2**20, repeats: int = 10) -> Bandwidth:
+    """Copy and triad bandwidth on ``device`` over float32 arrays of ``elements`` (default 256 MB each)."""
+    device = torch.device(device)
+    a = torch.empty(elements, dtype=torch.float32, device=device)
+    b = torch.rand(elements, dtype=torch.float32, device=device)
+    c = torch.rand(elements, dtype=torch.float32, device=device)
+    a.zero_()  # touch every page before timing
+    copy_s = _median_seconds(lambda: a.copy_(b), device, repeats)
+    triad_s = _median_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), device, repeats)
+    nbytes = elements * 4
+    return Bandwidth(
+        copy_gbs=2 * nbytes / copy_s / 1e9,
+        triad_gbs=3 * nbytes / triad_s / 1e9,
+        elements=elements,
+        device=str(device),
+    )

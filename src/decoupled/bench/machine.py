@@ -1,0 +1,129 @@
+"""What the benchmark ran on: machine, load, versions and command, recorded with every result."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> dict[str, float]:
+    """MemTotal and MemAvailable from /proc/meminfo, in GiB (empty where unreadable)."""
+    out = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            out[key] = int(rest.split()[0]) / 2**20
+    return out
+
+
+def available_bytes() -> int | None:
+    mem = memory_gib()
+    return int(mem["MemAvailable"] * 2**30) if "MemAvailable" in mem else None
+
+
+def cache_sizes() -> dict[str, str]:
+    out = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")) if base.exists() else []:
+        level, kind, size = (_read(str(index / f)) for f in ("level", "type", "size"))
+        if level and size and kind and kind.strip() != "Instruction":
+            out[f"L{level.strip()}{'d' if kind.strip() == 'Data' else ''}"] = size.strip()
+    return out
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def describe(device: torch.device) -> dict:
+    """A JSON-able record of the machine and software."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "caches": cache_sizes(),
+        "memory_gib": {k: round(v, 1) for k, v in memory_gib().items()},
+        "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
+        "device": str(device),
+        "python": sys.version.split()[0],
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("torch", "torch"),
+                ("decoupled", "decoupled"),
+                ("triton", "triton"),
+                ("optimi", "torch-optimi"),
+                ("bitsandbytes", "bitsandbytes"),
+                ("torchao", "torchao"),
+            )
+        },
+        "torch": torch.__version__,
+        "decoupled_commit": git_commit(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+        }
+    return info

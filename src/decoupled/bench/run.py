@@ -1,0 +1,223 @@
+"""``decoupled bench``: time one AdamW step for every ``decoupled`` backend and the named peers.
+
+For each size (about 1M, 16M and 128M parameters by default), layout (one flat tensor, and
+GPT-2's 148 tensors scaled to that size) and parameter dtype (fp32, bf16 with bf16 state),
+every contender steps the same parameters; the step time is the median of many after a
+warm-up, with the spread. The machine's copy and triad bandwidth is measured in the same run,
+so each row can say how close it is to the speed limit of a memory-bound update:
+
+* ``ms``: median milliseconds per ``optimizer.step()`` (and the interquartile range);
+* ``vs fused``: the time of ``torch.optim.AdamW(fused=True)`` at the same size, layout and
+  dtype divided by this row's time (above 1 is faster than torch's fused kernel);
+* ``GB/s``: the ideal bytes of the row's format per parameter (parameter read and written,
+  gradient read, every state tensor read and written: 28 B for fp32 AdamW, 14 B for bf16)
+  times the parameter count, divided by the time;
+* ``% bw``: that GB/s as a percentage of the measured bandwidth bound (max of copy, triad);
+* ``state B/p``: bytes of optimizer state per parameter.
+
+Results go to ``results.json``, ``results.md`` and ``results.png`` in ``--out``, with the
+machine, versions and the command line.
+
+Example::
+
+    decoupled bench                          # the full run (a few minutes on 2 cores)
+    decoupled bench --sizes 16M --layouts gpt2 --dtypes fp32
+    decoupled bench --quick                  # tiny sizes, few repeats (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from . import bandwidth, layouts, machine, peers, report
+from .timing import Timing, make_params, time_case
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+QUICK = {"sizes": "64k", "repeats": 5, "min_repeats": 3, "warmup": 1, "budget": 0.2, "rounds": 1, "bandwidth_elements": 2**20}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="1M,16M,128M", help="parameter counts, e.g. 1M,16M,128M (k/M/G = 2**10/2**20/2**30)")
+    parser.add_argument("--layouts", default=",".join(layouts.LAYOUTS), help="single (one tensor), gpt2 (GPT-2's 148 tensors)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="parameter (and state) dtypes: fp32, bf16, fp16")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--only", default=None, help="time only contenders whose name contains one of these comma-separated words (the reference is always kept)")
+    parser.add_argument("--repeats", type=int, default=30, help="most timed steps per contender and case")
+    parser.add_argument("--min-repeats", type=int, default=7, help="fewest timed steps per contender and case")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed steps per contender and case (between the two limits above)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one allocates the state)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the contenders")
+    parser.add_argument("--sequential", action="store_true", help="time contenders one after the other instead of interleaved")
+    parser.add_argument("--bandwidth-elements", type=int, default=64 * 2**20, help="float32 elements per array of the bandwidth test")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: checks that everything runs (numbers mean little)")
+    parser.add_argument("--out", default="bench-results", help="folder for results.json, results.md and results.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+
+
+def _apply_quick(args: argparse.Namespace, parser_defaults: dict) -> None:
+    for key, value in QUICK.items():
+        if getattr(args, key) == parser_defaults.get(key):
+            setattr(args, key, value)
+
+
+def _defaults() -> dict:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return vars(p.parse_args([]))
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _selected(contenders: list[peers.Contender], only: str | None) -> list[peers.Contender]:
+    if not only:
+        return contenders
+    words = _split(only)
+    return [c for c in contenders if c.name == peers.REFERENCE or any(w in c.name for w in words)]
+
+
+def _state_fits(params, contenders, available: int | None) -> bool:
+    """Whether every contender's state (3 tensors of the parameter's size, generously) fits at once."""
+    if available is None:
+        return True
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    return nbytes * (2 + 4 * len(contenders)) < 0.6 * available
+
+
+def _row(case: dict, c: peers.Contender, result: Timing | str | None) -> dict:
+    row = {**case, "name": c.name, "family": c.family, "label": c.label, "note": c.note}
+    if isinstance(result, str):
+        return {**row, "status": "error", "reason": result}
+    assert result is not None
+    n = case["numel"]
+    element = torch.empty((), dtype=DTYPES[case["dtype"]]).element_size()
+    state_per_param = result.state_bytes / n
+    # parameter read + written, gradient read, every state tensor read + written
+    ideal = 3 * element + 2 * state_per_param
+    ms = result.median
+    return {
+        **row,
+        "status": "ok",
+        "ms": ms,
+        "ms_p25": result.quantile(0.25),
+        "ms_p75": result.quantile(0.75),
+        "ms_min": min(result.samples),
+        "ms_max": max(result.samples),
+        "samples": len(result.samples),
+        "state_bytes_per_param": state_per_param,
+        "state_dtypes": result.state_dtypes,
+        "ideal_bytes_per_param": ideal,
+        "effective_gbs": ideal * n / (ms * 1e-3) / 1e9,
+    }
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``decoupled bench`` command that reproduces ``args`` (options left at their defaults omitted)."""
+    defaults = _defaults()
+    parts = ["decoupled", "bench"]
+    if args.quick:
+        parts.append("--quick")
+    for key, value in vars(args).items():
+        if key not in defaults or key == "quick" or value == defaults[key]:
+            continue
+        if args.quick and QUICK.get(key) == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        _apply_quick(args, _defaults())
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = [layouts.parse_size(s) for s in _split(args.sizes)]
+    layout_names = _split(args.layouts)
+    for name in layout_names:
+        if name not in layouts.LAYOUTS:
+            raise SystemExit(f"decoupled bench: unknown layout {name!r}; choose from {layouts.LAYOUTS}")
+    dtype_names = _split(args.dtypes)
+    for name in dtype_names:
+        if name not in DTYPES:
+            raise SystemExit(f"decoupled bench: unknown dtype {name!r}; choose from {list(DTYPES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    info = machine.describe(device)
+    info["command"] = command_line(args)
+    load = info.get("load_average")
+    if device.type == "cpu" and load and load[0] > 0.5:
+        info["busy_warning"] = (
+            f"the machine was busy before the run (1-minute load average {load[0]} on {info['nproc']} cores): "
+            "other processes compete for the cores and memory bandwidth, so times are noisy"
+        )
+        print(f"decoupled bench: warning: {info['busy_warning']}", file=sys.stderr)
+
+    contenders = _selected(peers.all_contenders(device, [DTYPES[d] for d in dtype_names]), args.only)
+    cases = [(n, lay, dt) for n in sizes for lay in layout_names for dt in dtype_names]
+    progress = report.Progress(len(cases) + 2, enabled=not args.no_progress)
+
+    with progress:
+        progress.update("bandwidth (copy, triad)")
+        bw_before = bandwidth.measure(device, elements=args.bandwidth_elements)
+        progress.advance()
+        rows = []
+        for n, lay, dt in cases:
+            shapes = layouts.shapes_for(lay, n)
+            case = {
+                "size": layouts.format_size(n),
+                "layout": lay,
+                "dtype": dt,
+                "numel": layouts.numel(shapes),
+                "tensors": len(shapes),
+                "device": str(device),
+            }
+            progress.update(f"{case['size']} {lay} {dt}")
+            params = make_params(shapes, DTYPES[dt], device)
+            mine = [c for c in contenders if c.dtype == DTYPES[dt] and not c.skip]
+            interleave = not args.sequential and _state_fits(params, mine, machine.available_bytes())
+            results = time_case(
+                mine,
+                params,
+                device,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                min_repeats=min(args.min_repeats, args.repeats),
+                budget_s=args.budget,
+                rounds=args.rounds,
+                interleave=interleave,
+                on_sample=lambda c, case=case: progress.update(f"{case['size']} {case['layout']} {case['dtype']}: {c.label}"),
+            )
+            case["interleaved"] = interleave
+            rows += [_row(case, c, results.get(c.label)) for c in mine]
+            del params, results
+            gc.collect()
+            progress.advance()
+        progress.update("bandwidth again (drift check)")
+        bw_after = bandwidth.measure(device, elements=args.bandwidth_elements)
+        progress.advance()
+
+    bound = max(bw_before.bound_gbs, bw_after.bound_gbs)
+    report.add_ratios(rows, bound)
+    info["load_average_after"] = machine.load_average()
+    result = {
+        "machine": info,
+        "bandwidth": {"before": bw_before.to_json(), "after": bw_after.to_json(), "bound_gbs": bound},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "reference": peers.REFERENCE,
+        "skipped": sorted({(c.name, c.skip) for c in contenders if c.skip}),
+        "rows": rows,
+    }
+    paths = report.write(result, out, plot=not args.no_plot)
+    report.print_summary(result)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

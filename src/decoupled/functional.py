@@ -96,8 +96,7 @@ def adamw(
         amsgrad=amsgrad,
         maximize=maximize,
     )
-    for t in state_steps:
-        t += 1
+    torch._foreach_add_(list(state_steps), 1.0)  # one call, not one op per tensor
     backends.BACKENDS[name](
         params,
         list(grads),

@@ -22,12 +22,13 @@ def _supported_devices() -> list[str]:
 
 
 def unsupported_reason(params) -> str | None:
+    kinds = {(p.device.type, p.dtype) for p in params}  # a few kinds, however many tensors
     devices = _supported_devices()
-    for p in params:
-        if not torch.is_floating_point(p):
-            return f"the fused backend needs floating-point parameters, got {p.dtype} (use foreach for complex parameters)"
-        if p.device.type not in devices:
-            return f"the fused backend runs on {devices}, got a parameter on {p.device.type}"
+    for device, dtype in kinds:
+        if not dtype.is_floating_point:
+            return f"the fused backend needs floating-point parameters, got {dtype} (use foreach for complex parameters)"
+        if device not in devices:
+            return f"the fused backend runs on {devices}, got a parameter on {device}"
     return None
 
 

@@ -85,11 +85,11 @@ def scale_lr(group: dict, factor: float) -> None:
 def assert_same(pa, pb, oa, ob, step: int) -> None:
     for i, (a, b) in enumerate(zip(pa, pb)):
         tol = TOL[real_dtype(a.dtype)]
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"param {i} after step {step}: {m}")
         sa, sb = oa.state.get(a, {}), ob.state.get(b, {})
         assert set(sa) == set(sb), f"state keys of param {i} differ: {sorted(sa)} vs {sorted(sb)}"
-        for key in sa:
-            torch.testing.assert_close(sa[key], sb[key], **tol, msg=lambda m: f"{key} of param {i} after step {step}: {m}")
+        for what, x, y in [("param", a, b), *((key, sa[key], sb[key]) for key in sa)]:
+            where = f"{what} of param {i} after step {step}"
+            torch.testing.assert_close(x, y, **tol, msg=lambda m, where=where: f"{where}: {m}")
 
 
 def run_side_by_side(

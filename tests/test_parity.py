@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import decoupled
-from scenario import Events, make_params, run_side_by_side, two_groups
+from scenario import make_params, run_side_by_side, two_groups
 
 PAIRS = {"AdamW": (decoupled.AdamW, torch.optim.AdamW), "Adam": (decoupled.Adam, torch.optim.Adam)}
 # decoupled backend -> the torch.optim flags that run torch's matching implementation

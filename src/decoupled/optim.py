@@ -199,7 +199,7 @@ class _AdamFamily(Optimizer):
                 beta1, beta2 = group["betas"]
                 functional.adamw(
                     params,
-                    [p.grad for p in params],
+                    [p.grad for p in params],  # type: ignore[misc]  # all not None
                     [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states],
                     [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],

@@ -37,20 +37,21 @@ def step(
     if differentiable:
         raise RuntimeError("the foreach backend cannot record autograd history; use the loop backend")
 
-    def real(t: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_real(t) if torch.is_complex(t) else t
-
     for indices in group_by_device_and_dtype(params).values():
-        pick = lambda ts: [real(ts[i]) for i in indices]  # noqa: E731
         coefficients = [step_coefficients(c, state_steps[i].item()) for i in indices]
         adam_update(
             _OPS,
-            pick(params),
-            pick(grads),
-            pick(exp_avgs),
-            pick(exp_avg_sqs),
-            pick(max_exp_avg_sqs) if c.amsgrad else None,
+            _pick(params, indices),
+            _pick(grads, indices),
+            _pick(exp_avgs, indices),
+            _pick(exp_avg_sqs, indices),
+            _pick(max_exp_avg_sqs, indices) if c.amsgrad else None,
             c,
             [neg for neg, _ in coefficients],
             [bc2 for _, bc2 in coefficients],
         )
+
+
+def _pick(tensors: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
+    """``tensors[i]`` for ``i`` in ``indices``, complex ones viewed as real pairs."""
+    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in (tensors[i] for i in indices)]

@@ -26,7 +26,7 @@ def unsupported_reason(params) -> str | None:
     devices = _supported_devices()
     for device, dtype in kinds:
         if not dtype.is_floating_point:
-            return f"the fused backend needs floating-point parameters, got {dtype} (use foreach for complex parameters)"
+            return f"the fused backend needs floating-point parameters, got {dtype} (use foreach for complex ones)"
         if device not in devices:
             return f"the fused backend runs on {devices}, got a parameter on {device}"
     return None
@@ -49,14 +49,13 @@ def step(
     coupled = c.l2 != 0
     kernel = torch._fused_adam_ if coupled else torch._fused_adamw_
     for indices in group_by_device_and_dtype(params).values():
-        pick = lambda ts: [ts[i] for i in indices]  # noqa: E731
         kernel(
-            pick(params),
-            pick(grads),
-            pick(exp_avgs),
-            pick(exp_avg_sqs),
-            pick(max_exp_avg_sqs) if c.amsgrad else [],
-            pick(state_steps),
+            [params[i] for i in indices],
+            [grads[i] for i in indices],
+            [exp_avgs[i] for i in indices],
+            [exp_avg_sqs[i] for i in indices],
+            [max_exp_avg_sqs[i] for i in indices] if c.amsgrad else [],
+            [state_steps[i] for i in indices],
             amsgrad=c.amsgrad,
             lr=c.lr,
             beta1=c.beta1,

@@ -28,9 +28,11 @@ def step(
     """
     ops = _DIFF_OPS if differentiable else _OPS
     for i, param in enumerate(params):
-        tensors = [param, grads[i], exp_avgs[i], exp_avg_sqs[i]]
-        tensors.append(max_exp_avg_sqs[i] if c.amsgrad else None)
+        grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
+        max_exp_avg_sq = max_exp_avg_sqs[i] if c.amsgrad else None
         if torch.is_complex(param):
-            tensors = [None if t is None else torch.view_as_real(t) for t in tensors]
+            param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
+            if max_exp_avg_sq is not None:
+                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
         neg_step_size, bias_correction2_sqrt = step_coefficients(c, state_steps[i].item())
-        adam_update(ops, *tensors, c, neg_step_size, bias_correction2_sqrt)
+        adam_update(ops, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c, neg_step_size, bias_correction2_sqrt)

@@ -1,0 +1,163 @@
+"""decoupled with the real Hugging Face Trainer on CPU: a tiny GPT-2 built from a config."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+
+import decoupled  # noqa: E402
+from decoupled import schedules  # noqa: E402
+from decoupled.integrations import hf  # noqa: E402
+
+STEPS = 20
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _data(n: int = 64, length: int = 16) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    # a learnable pattern: each sequence counts up from a random start, modulo the vocabulary
+    starts = torch.randint(0, 97, (n, 1), generator=g)
+    ids = (starts + torch.arange(length)) % 97
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def _args(tmp_path, **overrides) -> transformers.TrainingArguments:
+    options = dict(
+        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=3e-3,
+        weight_decay=0.1, warmup_steps=4, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    options.update(overrides)
+    return transformers.TrainingArguments(**options)
+
+
+def _train(args, **trainer_kwargs) -> tuple[list[float], transformers.Trainer]:
+    model = trainer_kwargs.pop("model", None) or _model()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(), **trainer_kwargs)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == STEPS
+    return losses, trainer
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])
+def test_same_loss_curve_as_trainer_default(tmp_path, optim: str) -> None:
+    """Trainer's own AdamW and ours, same groups and schedule: the same loss curve, to the bit."""
+    args = _args(tmp_path, optim=optim)
+    expected, reference = _train(args)
+    assert expected[-1] < 0.9 * expected[0]  # it learns
+
+    model = _model()
+    # adamw_torch is torch's per-tensor loop on CPU; the fused default is the same kernel as ours
+    backend = {"foreach": False} if optim == "adamw_torch" else {}
+    optimizer, scheduler = hf.create_optimizer_and_scheduler(model, args, **backend)
+    assert isinstance(scheduler, schedules.CosineSchedule) and scheduler.options["warmup_steps"] == 4
+    # Trainer's default decides decay by name; on GPT-2 it is the same split as ours
+    trainer_decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
+    assert set(optimizer.param_groups[0]["param_names"]) == trainer_decay & set(dict(model.named_parameters()))
+
+    losses, trainer = _train(args, model=model, optimizers=(optimizer, scheduler))
+    assert trainer.optimizer.optimizer is optimizer or trainer.optimizer is optimizer
+    assert losses == expected
+    for p, q in zip(model.parameters(), reference.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_optimizer_cls_and_kwargs_recipe(tmp_path) -> None:
+    """Trainer groups and schedules; decoupled.AdamW steps. Same curve as the default."""
+    args = _args(tmp_path)
+    expected, _ = _train(args)
+    losses, trainer = _train(args, optimizer_cls_and_kwargs=hf.optimizer_cls_and_kwargs(args))
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert type(inner) is decoupled.AdamW
+    assert [g["weight_decay"] for g in inner.param_groups] == [0.1, 0.0]
+    assert losses == expected
+
+
+def test_weight_decay_schedule_callback(tmp_path) -> None:
+    args = _args(tmp_path, max_steps=6, logging_steps=3)
+    model = _model()
+    optimizer, scheduler = hf.create_optimizer_and_scheduler(model, args)
+    wd = schedules.WeightDecaySchedule(optimizer, "linear", total_steps=10)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=_data(), optimizers=(optimizer, scheduler),
+        callbacks=[hf.WeightDecayScheduleCallback(wd)],
+    )
+    trainer.train()
+    assert wd.last_step == 6
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.1 * 4 / 10)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_create_errors_and_warnings(tmp_path) -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="num_training_steps is needed"):
+        hf.create_optimizer_and_scheduler(model, _args(tmp_path, max_steps=-1, num_train_epochs=1))
+    with pytest.warns(UserWarning, match="optim='sgd'.* is ignored"):
+        hf.create_optimizer_and_scheduler(model, _args(tmp_path, optim="sgd"))
+    # warmup as a fraction of the run, as in Trainer
+    _, sched = hf.create_optimizer_and_scheduler(model, _args(tmp_path, warmup_steps=0.25), num_training_steps=40)
+    assert sched.options == {"total_steps": 40, "warmup_steps": 10, "min_factor": 0.0}
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="'reduce_lr_on_plateau' reacts to metrics"):
+        hf.get_scheduler("reduce_lr_on_plateau", opt, 2, 10)
+    with pytest.raises(ValueError, match="'cosine_with_min_lr' schedule needs num_training_steps"):
+        hf.get_scheduler("cosine_with_min_lr", opt, 2, None, {"min_lr": 0.0})
+    with pytest.raises(ValueError, match="unknown scheduler type 'cosin'"):
+        hf.get_scheduler("cosin", opt, 2, 10)
+    with pytest.raises(ValueError, match="not used by the 'linear' schedule"):
+        hf.get_scheduler("linear", opt, 2, 10, {"power": 2})
+    with pytest.raises(ValueError, match="exactly one of min_lr or min_lr_rate"):
+        hf.get_scheduler("cosine_with_min_lr", opt, 2, 10, {})
+
+
+HF_CASES = [
+    ("linear", {}),
+    ("cosine", {}),
+    ("cosine_with_min_lr", {"min_lr": 1e-4}),
+    ("cosine_with_min_lr", {"min_lr_rate": 0.05}),
+    ("cosine_with_restarts", {"num_cycles": 2}),
+    ("polynomial", {}),
+    ("polynomial", {"lr_end": 1e-5, "power": 3.0}),
+    ("constant", {}),
+    ("constant_with_warmup", {}),
+    ("inverse_sqrt", {}),
+    ("warmup_stable_decay", {"num_decay_steps": 10}),
+    ("warmup_stable_decay", {"num_decay_steps": 10, "num_stable_steps": 20, "decay_type": "1-sqrt", "min_lr_ratio": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), HF_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(HF_CASES)])
+def test_get_scheduler_same_values_as_transformers(name: str, kwargs: dict) -> None:
+    def lrs(build, steps: int = 41) -> list[float]:  # up to num_training_steps = 40
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = build(opt)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    expected = lrs(lambda o: transformers.get_scheduler(name, o, 5, 40, dict(kwargs)))
+    ours = lrs(lambda o: hf.get_scheduler(name, o, 5, 40, dict(kwargs)))
+    assert ours == pytest.approx(expected, rel=1e-12, abs=1e-20)
+    assert len(set(expected)) > 2 or name == "constant"
+    if name not in ("constant", "constant_with_warmup", "inverse_sqrt"):
+        # after the run, ours holds its end value (transformers' cosines rise again)
+        tail = lrs(lambda o: hf.get_scheduler(name, o, 5, 40, dict(kwargs)), steps=50)[40:]
+        assert tail == [tail[0]] * 10

@@ -13,7 +13,6 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("decoupled.lab.quickstart", "a short real training run that prints its loss"),
     "compare": ("decoupled.lab.compare", "Adam+L2 vs AdamW vs lr-independent AdamW over an lr x wd grid"),
     "explain": ("decoupled.lab.explain", "what each convention really did to each parameter"),
     "doctor": ("decoupled.doctor", "check a training setup for weight-decay mistakes"),

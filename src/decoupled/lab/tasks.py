@@ -1,0 +1,269 @@
+r"""What ``decoupled compare`` and ``decoupled explain`` train: the :class:`Task` interface.
+
+A task is a model, its data split three ways (train / validation / test), and a default grid.
+The built-in tasks are registered by name (``digits``, ``charlm``); your own task is a
+:class:`Task` subclass (or instance, or a function returning one) that ``compare`` loads from
+``module:attr`` or ``path/to/file.py:attr``::
+
+    # mytask.py
+    import torch
+    from decoupled.lab import Task, Splits
+
+    class MyTask(Task):
+        name = "mytask"
+        epochs = 20
+        batch_size = 128
+        lrs = (1e-3, 3e-3, 1e-2)
+
+        def data(self, seed):
+            x, y = torch.randn(3000, 32), torch.randint(0, 4, (3000,))
+            return Splits.from_tensors(x, y, seed=seed)   # 60 / 20 / 20 split
+
+        def model(self):
+            return torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(),
+                                       torch.nn.Linear(128, 4))
+
+    # $ decoupled compare --task mytask.py:MyTask
+
+The training loop (:mod:`decoupled.lab.train`) calls ``model()`` under
+``torch.manual_seed(seed)``, draws shuffled mini-batches of ``batch_size`` from the train split,
+passes them through :meth:`Task.augment`, minimizes :meth:`Task.loss` (cross-entropy by default,
+for outputs ``(N, C)`` or ``(N, T, C)`` against integer targets ``(N,)`` or ``(N, T)``), and
+measures every split with :meth:`Task.evaluate` (``loss`` and ``error`` by default: mean
+cross-entropy in nats and the fraction of wrong argmax predictions). Every metric is lower-is-better.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The three weight-decay conventions, in report order: key -> label.
+CONVENTIONS: dict[str, str] = {
+    "adam_l2": "Adam + L2 (coupled)",
+    "adamw": "AdamW, PyTorch form (decay lr·wd)",
+    "adamw_indep": "AdamW, lr-independent (decay η_t·wd)",
+}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Inputs and targets of the three splits, as tensors (first dimension = examples)."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            pair = getattr(self, name)
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(torch.is_tensor(t) for t in pair)):
+                raise TypeError(f"Splits.{name} must be a pair of tensors (inputs, targets)")
+            x, y = pair
+            if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                raise ValueError(
+                    f"Splits.{name}: inputs have {x.shape[0]} examples and targets {y.shape[0]}; "
+                    f"they must match and be non-empty"
+                )
+
+    @classmethod
+    def from_tensors(
+        cls, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, fractions: tuple[float, float] = (0.6, 0.2)
+    ) -> Splits:
+        """Shuffle ``(x, y)`` with ``seed`` and cut it into train / val / test.
+
+        ``fractions`` are the train and validation shares; the test split gets the rest.
+        """
+        n = x.shape[0]
+        f_train, f_val = fractions
+        if not (0 < f_train and 0 < f_val and f_train + f_val < 1):
+            raise ValueError(f"fractions must be two positive shares summing below 1, got {fractions}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        a, b = int(round(n * f_train)), int(round(n * (f_train + f_val)))
+        take = lambda idx: (x[idx].contiguous(), y[idx].contiguous())  # noqa: E731
+        return cls(train=take(perm[:a]), val=take(perm[a:b]), test=take(perm[b:]))
+
+    def limit_train(self, n: int | None) -> Splits:
+        """The same splits with only the first ``n`` training examples (for quick runs)."""
+        if n is None or n >= self.train[0].shape[0]:
+            return self
+        if n < 1:
+            raise ValueError(f"max_train must be >= 1, got {n}")
+        return Splits(train=(self.train[0][:n], self.train[1][:n]), val=self.val, test=self.test)
+
+
+class Task:
+    r"""A model, its data and its default grid. Subclass it and override :meth:`data` and :meth:`model`.
+
+    Class attributes (override as needed):
+        name: short name used in reports and file names.
+        description: one sentence for the report.
+        epochs: passes over the training split.
+        batch_size: examples per optimizer step.
+        warmup_epochs: linear warmup length (epochs, may be fractional); the lr then follows a
+            cosine from its peak to 0 at the last step (the schedule multiplier :math:`\eta_t`).
+        lrs: the default learning-rate axis (peak lr).
+        wds: default weight-decay axis per convention (keys of :data:`CONVENTIONS`), each in
+            that convention's own units: the L2 coefficient for ``adam_l2``; PyTorch's
+            ``weight_decay`` (fraction lr·wd removed per step) for ``adamw``; the fraction
+            removed per step at peak lr for ``adamw_indep``.
+        metric: the default metric to select cells with (a key of :meth:`evaluate`'s result).
+    """
+
+    name: str = "task"
+    description: str = ""
+    epochs: int = 10
+    batch_size: int = 64
+    warmup_epochs: float = 0.0
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    wds: Mapping[str, tuple[float, ...]] = {
+        "adam_l2": (1e-5, 1e-4, 1e-3, 1e-2),
+        "adamw": (1e-3, 1e-2, 1e-1, 1.0),
+        "adamw_indep": (1e-5, 1e-4, 1e-3, 1e-2),
+    }
+    metric: str = "error"
+
+    # ---- what a task must provide ------------------------------------------------------------
+
+    def data(self, seed: int) -> Splits:
+        """The three splits. Called once per worker process; ``seed`` fixes the split."""
+        raise NotImplementedError(f"{type(self).__name__} must define data(seed) -> Splits")
+
+    def model(self) -> nn.Module:
+        """A freshly initialized model (called under ``torch.manual_seed``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define model() -> torch.nn.Module")
+
+    # ---- what a task may change --------------------------------------------------------------
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Transform a training batch (default: unchanged). Draw randomness from ``generator``."""
+        return x
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of a batch (default: cross-entropy over the last dimension)."""
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+        """Metrics of ``model`` on one split, all lower-is-better.
+
+        Default: ``loss``, the mean cross-entropy per target (nats), and ``error``, the fraction
+        of targets whose argmax prediction is wrong.
+        """
+        total_loss, wrong, count = 0.0, 0, 0
+        for i in range(0, x.shape[0], batch_size):
+            out = model(x[i : i + batch_size])
+            logits = out.reshape(-1, out.shape[-1])
+            target = y[i : i + batch_size].reshape(-1)
+            total_loss += float(F.cross_entropy(logits.float(), target, reduction="sum"))
+            wrong += int((logits.argmax(-1) != target).sum())
+            count += target.numel()
+        return {"loss": total_loss / count, "error": wrong / count}
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def grid_wds(self, convention: str) -> tuple[float, ...]:
+        """The default weight-decay axis of one convention."""
+        try:
+            return tuple(self.wds[convention])
+        except KeyError:
+            raise ValueError(f"task {self.name!r} has no default wd grid for convention {convention!r}") from None
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that define a run of this task (recorded with every result)."""
+        return {
+            "task": self.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "warmup_epochs": self.warmup_epochs,
+        }
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
+    r"""The schedule multiplier :math:`\eta_t \in [0, 1]` before optimizer step ``step`` (0-based).
+
+    Linear warmup over ``warmup_steps`` (:math:`\eta = (t+1)/w`), then a cosine from 1 to 0 over
+    the remaining steps: :math:`\eta = \tfrac12(1 + \cos(\pi\,(t-w)/(T-w)))`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+# ---- the registry --------------------------------------------------------------------------------
+
+#: Built-in tasks: name -> "module:attribute".
+REGISTRY: dict[str, str] = {
+    "digits": "decoupled.lab.digits:DigitsTask",
+    "charlm": "decoupled.lab.charlm:CharLMTask",
+}
+
+
+def register_task(name: str, target: str | type[Task] | Callable[[], Task]) -> None:
+    """Make a task available by ``name`` (``target``: ``"module:attr"``, a Task class or a factory)."""
+    if isinstance(target, str):
+        REGISTRY[name] = target
+    else:
+        _EXTRA[name] = target
+
+
+_EXTRA: dict[str, Any] = {}
+
+
+def _resolve_attr(spec: str) -> Any:
+    module_part, _, attr = spec.rpartition(":")
+    if not module_part or not attr:
+        raise ValueError(
+            f"unknown task {spec!r}: use a built-in name ({', '.join(sorted(REGISTRY))}), "
+            f"'package.module:Attr' or 'path/to/file.py:Attr'"
+        )
+    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+        path = Path(module_part).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"task file {str(path)!r} does not exist")
+        mod_name = f"_decoupled_task_{abs(hash(str(path)))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec_obj = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec_obj is not None and spec_obj.loader is not None
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[mod_name] = module
+            spec_obj.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_part)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{module_part!r} has no attribute {attr!r} (from task spec {spec!r})") from None
+
+
+def load_task(spec: str | Task | type[Task] | Callable[[], Task]) -> Task:
+    """A :class:`Task` from a registered name, ``module:attr``, ``file.py:attr``, a class or an instance."""
+    obj: Any = spec
+    if isinstance(spec, str):
+        if spec in _EXTRA:
+            obj = _EXTRA[spec]
+        else:
+            obj = _resolve_attr(REGISTRY.get(spec, spec))
+    if isinstance(obj, type) and issubclass(obj, Task):
+        obj = obj()
+    elif not isinstance(obj, Task) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise TypeError(
+            f"task {spec!r} resolved to {type(obj).__name__}, not a decoupled.lab.Task "
+            f"(subclass Task and define data(seed) and model())"
+        )
+    return obj

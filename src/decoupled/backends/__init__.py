@@ -12,6 +12,8 @@ name       what it is
 loop       one tensor at a time: the readable reference (:mod:`.loop`)
 foreach    multi-tensor ``torch._foreach_*`` over tensors grouped by device and dtype
 fused      one fused kernel per device and dtype (:mod:`.fused`)
+triton     one Triton kernel launch per list, fp32/bf16/fp16 (:mod:`.triton`; CUDA, or CPU
+           under ``TRITON_INTERPRET=1`` for tests)
 =========  ===============================================================================
 
 ``auto`` picks the fastest backend that supports the inputs (see :func:`resolve`).
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import foreach, fused, loop
+from . import triton as triton_backend
 
 
 class Unsupported(RuntimeError):
@@ -36,9 +39,13 @@ BACKENDS: dict[str, StepFn] = {
     "loop": loop.step,
     "foreach": foreach.step,
     "fused": fused.step,
+    "triton": triton_backend.step,
 }
 
 # What `auto` tries, fastest first (measured by `decoupled bench`; see benchmarks/).
+# triton is not in it yet: on CUDA, torch's own fused kernel stays the default until the
+# triton backend is measured faster on a GPU (benchmarks/ has no GPU numbers so far); on CPU
+# the fused backend (torch's fused CPU kernel) is the fastest measured.
 AUTO_ORDER: tuple[str, ...] = ("fused", "foreach", "loop")
 
 
@@ -50,6 +57,8 @@ def unsupported_reason(name: str, params: Sequence[torch.Tensor], *, differentia
         return f"the {name} backend does not record autograd history; differentiable=True needs the loop backend"
     if name == "fused":
         return fused.unsupported_reason(params)
+    if name == "triton":
+        return triton_backend.unsupported_reason(params)
     return None
 
 

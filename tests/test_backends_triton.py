@@ -135,7 +135,9 @@ def _main() -> None:
         m, v, t = torch.zeros_like(p), torch.zeros_like(p), torch.zeros(())
         for _ in range(5):
             g = torch.randn(513, dtype=torch.complex64, generator=gen)
-            functional.adamw([p], [g], [m], [v], [], [t], lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, backend=backend)
+            functional.adamw(
+                [p], [g], [m], [v], [], [t], lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, backend=backend
+            )
         results[backend] = (p, m, v)
     rel = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(results["loop"], results["triton"]))
     print(json.dumps({"case": "complex64 via functional.adamw", "vs_loop": {"rel": rel}}), flush=True)
@@ -185,7 +187,9 @@ def test_triton_unsupported_without_gpu_or_interpreter():
         pytest.skip("this process runs the interpreter")
     reason = backends.unsupported_reason("triton", [torch.zeros(1)], differentiable=False)
     assert reason is not None and "CUDA" in reason
-    assert "float64" in backends.unsupported_reason("triton", [torch.zeros(1, dtype=torch.float64)], differentiable=False)
+    assert "float64" in backends.unsupported_reason(
+        "triton", [torch.zeros(1, dtype=torch.float64)], differentiable=False
+    )
     assert backends.resolve("auto", [torch.zeros(1)]) == "fused"  # auto never picks triton on CPU
 
 

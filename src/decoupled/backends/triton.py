@@ -48,7 +48,9 @@ def unsupported_reason(params) -> str | None:
     for p in params:
         real = torch.view_as_real(p) if torch.is_complex(p) else p
         if real.dtype not in SUPPORTED_DTYPES:
-            return f"the triton backend runs fp32, bf16 and fp16 tensors, got {p.dtype}; use the fused or foreach backend"
+            return (
+                f"the triton backend runs fp32, bf16 and fp16 tensors, got {p.dtype}; use the fused or foreach backend"
+            )
         if p.device.type == "cuda" or (p.device.type == "cpu" and interpreting()):
             continue
         return (
@@ -87,7 +89,9 @@ def _tables(lists: list[list[torch.Tensor]], device: torch.device) -> tuple[torc
     return tables
 
 
-def _launch(lists: list[list[torch.Tensor]], c: GroupCoefficients, neg_step_size: float, bias_correction2_sqrt: float) -> None:
+def _launch(
+    lists: list[list[torch.Tensor]], c: GroupCoefficients, neg_step_size: float, bias_correction2_sqrt: float
+) -> None:
     from ._triton_kernel import adam_kernel
 
     params, grads, exp_avgs, exp_avg_sqs = lists[:4]
@@ -99,7 +103,18 @@ def _launch(lists: list[list[torch.Tensor]], c: GroupCoefficients, neg_step_size
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
     with torch.cuda.device(device) if device.type == "cuda" else _nothing():
-        _kernel_call(adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned)
+        _kernel_call(
+            adam_kernel,
+            ptrs,
+            numels,
+            block_tensor,
+            block_start,
+            lists,
+            c,
+            neg_step_size,
+            bias_correction2_sqrt,
+            aligned,
+        )
 
 
 def _nothing():
@@ -108,7 +123,9 @@ def _nothing():
     return contextlib.nullcontext()
 
 
-def _kernel_call(adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned):
+def _kernel_call(
+    adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned
+):
     params, grads, exp_avgs, exp_avg_sqs = lists[:4]
     adam_kernel[(block_tensor.numel(),)](
         ptrs,

@@ -139,6 +139,7 @@ def bitsandbytes_contenders(device: torch.device, dtypes: list[torch.dtype]) -> 
     bnb, reason = _import("bitsandbytes")
     out = []
     for cls_name in ("AdamW", "AdamW8bit"):
+
         def make(ps, cls_name=cls_name):
             return getattr(bnb.optim, cls_name)(ps, **HYPER)  # type: ignore[union-attr]
 
@@ -150,6 +151,7 @@ def torchao_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[
     ao, reason = _import("torchao.optim")
     out = []
     for cls_name in ("AdamW8bit", "AdamW4bit", "AdamWFp8"):
+
         def make(ps, cls_name=cls_name):
             return getattr(ao, cls_name)(ps, **HYPER)  # type: ignore[union-attr]
 

@@ -21,7 +21,8 @@ class Progress:
         self._last_plain = 0.0
         if enabled:
             try:
-                from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+                from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+                from rich.progress import Progress as RichProgress
 
                 self._rich = RichProgress(
                     TextColumn("[bold]bench[/]"),
@@ -153,14 +154,22 @@ def plot(result: dict, path: Path) -> None:
     dtypes = sorted({c[2] for c in all_cases})
     fig, axes = plt.subplots(len(dtypes), cols, figsize=(5.5 * cols, 0.28 * 20 * len(dtypes) + 1.5), squeeze=False)
     bound = result["bandwidth"]["bound_gbs"]
-    colors = {"decoupled": "tab:blue", "torch": "tab:gray", "optimi": "tab:orange", "bitsandbytes": "tab:green", "torchao": "tab:red"}
+    colors = {
+        "decoupled": "tab:blue",
+        "torch": "tab:gray",
+        "optimi": "tab:orange",
+        "bitsandbytes": "tab:green",
+        "torchao": "tab:red",
+    }
     size_layouts = list(dict.fromkeys(c[:2] for c in all_cases))
     for i, dtype in enumerate(dtypes):
         for j, (size, layout) in enumerate(size_layouts):
             ax = axes[i][j]
             rows = [r for r in result["rows"] if _case_key(r) == (size, layout, dtype) and r["status"] == "ok"]
             names = [r["name"] for r in rows]
-            ax.barh(range(len(rows)), [r["effective_gbs"] for r in rows], color=[colors.get(r["family"], "k") for r in rows])
+            ax.barh(
+                range(len(rows)), [r["effective_gbs"] for r in rows], color=[colors.get(r["family"], "k") for r in rows]
+            )
             ax.set_yticks(range(len(rows)), names, fontsize=7)
             ax.invert_yaxis()
             ax.axvline(bound, color="k", linestyle="--", linewidth=1)

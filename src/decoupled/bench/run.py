@@ -40,23 +40,53 @@ from .timing import Timing, make_params, time_case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-QUICK = {"sizes": "64k", "repeats": 5, "min_repeats": 3, "warmup": 1, "budget": 0.2, "rounds": 1, "bandwidth_elements": 2**20}
+QUICK = {
+    "sizes": "64k",
+    "repeats": 5,
+    "min_repeats": 3,
+    "warmup": 1,
+    "budget": 0.2,
+    "rounds": 1,
+    "bandwidth_elements": 2**20,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="1M,16M,128M", help="parameter counts, e.g. 1M,16M,128M (k/M/G = 2**10/2**20/2**30)")
-    parser.add_argument("--layouts", default=",".join(layouts.LAYOUTS), help="single (one tensor), gpt2 (GPT-2's 148 tensors)")
+    parser.add_argument(
+        "--sizes", default="1M,16M,128M", help="parameter counts, e.g. 1M,16M,128M (k/M/G = 2**10/2**20/2**30)"
+    )
+    parser.add_argument(
+        "--layouts", default=",".join(layouts.LAYOUTS), help="single (one tensor), gpt2 (GPT-2's 148 tensors)"
+    )
     parser.add_argument("--dtypes", default="fp32,bf16", help="parameter (and state) dtypes: fp32, bf16, fp16")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--only", default=None, help="time only contenders whose name contains one of these comma-separated words (the reference is always kept)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="time only contenders whose name contains one of these comma-separated words "
+        "(the reference is always kept)",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="most timed steps per contender and case")
     parser.add_argument("--min-repeats", type=int, default=7, help="fewest timed steps per contender and case")
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed steps per contender and case (between the two limits above)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="seconds of timed steps per contender and case (between the two limits above)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one allocates the state)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the contenders")
-    parser.add_argument("--sequential", action="store_true", help="time contenders one after the other instead of interleaved")
-    parser.add_argument("--bandwidth-elements", type=int, default=64 * 2**20, help="float32 elements per array of the bandwidth test")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: checks that everything runs (numbers mean little)")
+    parser.add_argument(
+        "--sequential", action="store_true", help="time contenders one after the other instead of interleaved"
+    )
+    parser.add_argument(
+        "--bandwidth-elements", type=int, default=64 * 2**20, help="float32 elements per array of the bandwidth test"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few repeats: checks that everything runs (numbers mean little)",
+    )
     parser.add_argument("--out", default="bench-results", help="folder for results.json, results.md and results.png")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -195,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
                 budget_s=args.budget,
                 rounds=args.rounds,
                 interleave=interleave,
-                on_sample=lambda c, case=case: progress.update(f"{case['size']} {case['layout']} {case['dtype']}: {c.label}"),
+                on_sample=lambda c, case=case: progress.update(
+                    f"{case['size']} {case['layout']} {case['dtype']}: {c.label}"
+                ),
             )
             case["interleaved"] = interleave
             rows += [_row(case, c, results.get(c.label)) for c in mine]

@@ -15,6 +15,7 @@ Peers that are not installed are listed with the reason instead of being timed:
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,6 +114,13 @@ def _import(module: str) -> tuple[object | None, str | None]:
         return None, f"not installed ({type(err).__name__}: {err})"
 
 
+def _quiet(cls, *args, **kwargs):
+    """Construct without deprecation chatter (optimi warns that foreach will go away)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cls(*args, **kwargs)
+
+
 def optimi_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
     optimi, reason = _import("optimi")
     out = []
@@ -127,7 +135,7 @@ def optimi_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[C
                     f"optimi.AdamW({label})",
                     "optimi",
                     dt,
-                    lambda ps, flags=flags: optimi.AdamW(ps, **HYPER, **flags),  # type: ignore[union-attr]
+                    lambda ps, flags=flags: _quiet(optimi.AdamW, ps, **HYPER, **flags),  # type: ignore[union-attr]
                     note=note,
                     skip=reason,
                 )

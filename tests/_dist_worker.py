@@ -1,0 +1,150 @@
+"""Worker processes for tests/test_distributed.py: DDP and FSDP2 on CPU with gloo.
+
+Each worker trains the same small model on its half of every batch, checks what can be
+checked locally (decoupled.AdamW against torch.optim.AdamW under the same wrapper, a
+``torch.distributed.checkpoint`` round trip), and rank 0 writes the full parameters to
+``out_dir`` for the parent to compare with a single-process run on whole batches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import decoupled
+from decoupled.schedules import CosineSchedule
+
+STEPS = 6
+RESUME_AT = 3
+BACKENDS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "auto": {}}
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 4))
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(STEPS, 8, 8, generator=g)
+    return [(xi, torch.sin(xi[:, :4] * 3) + xi[:, 4:]) for xi in x]
+
+
+def build_optimizer(model: nn.Module, cls: type = decoupled.AdamW, **backend) -> tuple[torch.optim.Optimizer, CosineSchedule]:
+    opt = cls(decoupled.param_groups(model, weight_decay=0.1), lr=1e-2, **backend)
+    return opt, CosineSchedule(opt, total_steps=STEPS, warmup_steps=1, min_factor=0.1)
+
+
+def train(model, opt, sched, data, rank: int | None = None, world: int = 1) -> None:
+    """Steps over ``data``; with ``rank`` each process takes its contiguous share of every batch."""
+    for x, y in data:
+        if rank is not None:
+            share = x.shape[0] // world
+            x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        sched.step()
+
+
+def reference(backend: str = "auto") -> dict[str, torch.Tensor]:
+    """The single-process run on whole batches."""
+    model = make_model()
+    train(model, *build_optimizer(model, **BACKENDS[backend]), batches())
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---- inside the workers ------------------------------------------------------------------
+
+
+def _wrap(kind: str, model: nn.Module, mesh) -> nn.Module:
+    if kind == "ddp":
+        return nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if any(True for _ in layer.parameters()):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full_params(kind: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    inner = model.module if kind == "ddp" else model
+    out = {}
+    for name, value in inner.state_dict().items():
+        value = value.full_tensor() if hasattr(value, "full_tensor") else value
+        out[name] = value.detach().clone()
+    return out
+
+
+def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path) -> None:
+    """Train, save model + optimizer + schedule with DCP, resume in fresh objects: identical."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    data = batches()
+    model = _wrap(kind, make_model(), mesh)
+    opt, sched = build_optimizer(model)
+    train(model, opt, sched, data[:RESUME_AT], rank, world)
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd, "sched": sched.state_dict()}, checkpoint_id=str(path))
+    saved_lrs = [g["lr"] for g in opt.param_groups]
+    train(model, opt, sched, data[RESUME_AT:], rank, world)
+    expected = [_local(p).detach().clone() for p in model.parameters()]
+    expected_state = {k: _local(v).clone() for k, v in opt.state[next(iter(model.parameters()))].items()}
+
+    model2 = _wrap(kind, make_model(seed=123), mesh)  # different weights: the load must set them
+    opt2, sched2 = build_optimizer(model2)
+    model_sd2, optim_sd2 = get_state_dict(model2, opt2)
+    state = {"model": model_sd2, "optim": optim_sd2, "sched": sched2.state_dict()}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    sched2.load_state_dict(state["sched"])
+    assert sched2.last_epoch == RESUME_AT, sched2.last_epoch
+    assert [g["lr"] for g in opt2.param_groups] == saved_lrs
+    assert opt2.param_groups[0]["param_names"] == opt.param_groups[0]["param_names"]
+    step = opt2.state[next(iter(model2.parameters()))]["step"]
+    assert step.item() == RESUME_AT, step
+    train(model2, opt2, sched2, data[RESUME_AT:], rank, world)
+    for i, (p, q) in enumerate(zip(model2.parameters(), expected)):
+        assert torch.equal(_local(p), q), f"rank {rank}: parameter {i} differs after resuming"
+    for key, value in opt2.state[next(iter(model2.parameters()))].items():
+        assert torch.equal(_local(value), expected_state[key]), f"rank {rank}: optimizer state {key!r} differs"
+
+
+def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (world,)) if kind == "fsdp" else None
+        data = batches()
+        backends = BACKENDS if kind == "fsdp" else {"auto": {}}
+        for backend, flags in backends.items():
+            ours = _wrap(kind, make_model(), mesh)
+            theirs = _wrap(kind, make_model(), mesh)
+            train(ours, *build_optimizer(ours, **flags), data, rank, world)
+            # `auto` runs torch's fused kernel on CPU: compare it with torch.optim.AdamW(fused=True)
+            theirs_flags = flags or {"fused": True}
+            train(theirs, *build_optimizer(theirs, torch.optim.AdamW, **theirs_flags), data, rank, world)
+            if kind == "fsdp":
+                assert type(next(ours.parameters())).__name__ == "DTensor"
+            for i, (p, q) in enumerate(zip(ours.parameters(), theirs.parameters())):
+                assert torch.equal(_local(p), _local(q)), f"{kind}/{backend} rank {rank}: param {i} != torch.optim.AdamW"
+            full = _full_params(kind, ours)
+            if rank == 0:
+                torch.save(full, Path(out_dir) / f"{kind}_{backend}.pt")
+        _checkpoint_round_trip(kind, mesh, rank, world, Path(out_dir) / f"{kind}_dcp")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

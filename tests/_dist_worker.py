@@ -34,7 +34,9 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(xi, torch.sin(xi[:, :4] * 3) + xi[:, 4:]) for xi in x]
 
 
-def build_optimizer(model: nn.Module, cls: type = decoupled.AdamW, **backend) -> tuple[torch.optim.Optimizer, CosineSchedule]:
+def build_optimizer(
+    model: nn.Module, cls: type = decoupled.AdamW, **backend
+) -> tuple[torch.optim.Optimizer, CosineSchedule]:
     opt = cls(decoupled.param_groups(model, weight_decay=0.1), lr=1e-2, **backend)
     return opt, CosineSchedule(opt, total_steps=STEPS, warmup_steps=1, min_factor=0.1)
 
@@ -140,7 +142,9 @@ def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
             if kind == "fsdp":
                 assert type(next(ours.parameters())).__name__ == "DTensor"
             for i, (p, q) in enumerate(zip(ours.parameters(), theirs.parameters())):
-                assert torch.equal(_local(p), _local(q)), f"{kind}/{backend} rank {rank}: param {i} != torch.optim.AdamW"
+                assert torch.equal(_local(p), _local(q)), (
+                    f"{kind}/{backend} rank {rank}: param {i} != torch.optim.AdamW"
+                )
             full = _full_params(kind, ours)
             if rank == 0:
                 torch.save(full, Path(out_dir) / f"{kind}_{backend}.pt")

@@ -18,7 +18,9 @@ import torch.distributed as dist
 
 pytestmark = [
     pytest.mark.distributed,
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+    ),
 ]
 
 WORLD = 2
@@ -52,7 +54,9 @@ def _assert_matches_single_process(worker, out_dir: Path, kind: str, backend: st
     start = worker.make_model().state_dict()
     for name, value in single.items():
         assert not torch.equal(value, start[name]), f"{name} did not train"
-        torch.testing.assert_close(distributed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{kind}/{backend} {n}: {m}")
+        torch.testing.assert_close(
+            distributed[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{kind}/{backend} {n}: {m}"
+        )
 
 
 @pytest.mark.timeout(120)

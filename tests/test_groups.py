@@ -266,18 +266,33 @@ def test_groups_work_with_torch_and_decoupled(backend: dict[str, bool]) -> None:
 
 # ---- real model families built from a config ----------------------------------------------
 
+
 def _tiny(family: str) -> nn.Module:
     t = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
     if family == "bert":
-        cfg = t.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=32)
+        cfg = t.BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
         return t.BertForMaskedLM(cfg)
     if family == "gpt2":
-        cfg = t.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32,
-                           bos_token_id=0, eos_token_id=0)
+        cfg = t.GPT2Config(
+            vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0
+        )
         return t.GPT2LMHeadModel(cfg)
-    cfg = t.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    cfg = t.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     return t.LlamaForCausalLM(cfg)
 
 

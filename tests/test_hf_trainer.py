@@ -19,8 +19,16 @@ STEPS = 20
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=97,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return transformers.GPT2LMHeadModel(cfg)
 
@@ -35,9 +43,20 @@ def _data(n: int = 64, length: int = 16) -> list[dict[str, torch.Tensor]]:
 
 def _args(tmp_path, **overrides) -> transformers.TrainingArguments:
     options = dict(
-        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=3e-3,
-        weight_decay=0.1, warmup_steps=4, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=STEPS,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        weight_decay=0.1,
+        warmup_steps=4,
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     options.update(overrides)
     return transformers.TrainingArguments(**options)
@@ -92,7 +111,10 @@ def test_weight_decay_schedule_callback(tmp_path) -> None:
     optimizer, scheduler = hf.create_optimizer_and_scheduler(model, args)
     wd = schedules.WeightDecaySchedule(optimizer, "linear", total_steps=10)
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=_data(), optimizers=(optimizer, scheduler),
+        model=model,
+        args=args,
+        train_dataset=_data(),
+        optimizers=(optimizer, scheduler),
         callbacks=[hf.WeightDecayScheduleCallback(wd)],
     )
     trainer.train()
@@ -135,7 +157,10 @@ HF_CASES = [
     ("constant_with_warmup", {}),
     ("inverse_sqrt", {}),
     ("warmup_stable_decay", {"num_decay_steps": 10}),
-    ("warmup_stable_decay", {"num_decay_steps": 10, "num_stable_steps": 20, "decay_type": "1-sqrt", "min_lr_ratio": 0.1}),
+    (
+        "warmup_stable_decay",
+        {"num_decay_steps": 10, "num_stable_steps": 20, "decay_type": "1-sqrt", "min_lr_ratio": 0.1},
+    ),
 ]
 
 

@@ -154,24 +154,41 @@ PARITY = [
     ("linear", {}, "linear", {"total_steps": T, "warmup_steps": W}),
     ("cosine", {}, "cosine", {"total_steps": T, "warmup_steps": W}),
     ("cosine_with_min_lr", {"min_lr_rate": 0.1}, "cosine", {"total_steps": T, "warmup_steps": W, "min_factor": 0.1}),
-    ("cosine_with_restarts", {"num_cycles": 1}, "cosine_with_restarts",
-     {"cycle_steps": T - W, "warmup_steps": W, "total_steps": T}),
-    ("cosine_with_restarts", {"num_cycles": 3}, "cosine_with_restarts",
-     {"cycle_steps": (T - W) / 3, "warmup_steps": W, "total_steps": T}),
-    ("polynomial", {"power": 2.0, "lr_end": 1e-5}, "polynomial",
-     {"total_steps": T, "warmup_steps": W, "power": 2.0, "end_factor": 1e-5 / 1e-3}),
+    (
+        "cosine_with_restarts",
+        {"num_cycles": 1},
+        "cosine_with_restarts",
+        {"cycle_steps": T - W, "warmup_steps": W, "total_steps": T},
+    ),
+    (
+        "cosine_with_restarts",
+        {"num_cycles": 3},
+        "cosine_with_restarts",
+        {"cycle_steps": (T - W) / 3, "warmup_steps": W, "total_steps": T},
+    ),
+    (
+        "polynomial",
+        {"power": 2.0, "lr_end": 1e-5},
+        "polynomial",
+        {"total_steps": T, "warmup_steps": W, "power": 2.0, "end_factor": 1e-5 / 1e-3},
+    ),
     ("inverse_sqrt", {}, "inverse_sqrt", {"warmup_steps": W}),
     ("inverse_sqrt", {"timescale": 20}, "inverse_sqrt", {"warmup_steps": W, "timescale": 20}),
     *[
-        ("warmup_stable_decay", {"num_decay_steps": 20, "decay_type": shape, "min_lr_ratio": 0.05},
-         "warmup_stable_decay",
-         {"total_steps": T, "warmup_steps": W, "decay_steps": 20, "decay_shape": shape, "min_factor": 0.05})
+        (
+            "warmup_stable_decay",
+            {"num_decay_steps": 20, "decay_type": shape, "min_lr_ratio": 0.05},
+            "warmup_stable_decay",
+            {"total_steps": T, "warmup_steps": W, "decay_steps": 20, "decay_shape": shape, "min_factor": 0.05},
+        )
         for shape in ("linear", "cosine", "1-sqrt")
     ],
 ]
 
 
-@pytest.mark.parametrize(("hf_name", "hf_kwargs", "name", "options"), PARITY, ids=[f"{p[0]}-{i}" for i, p in enumerate(PARITY)])
+@pytest.mark.parametrize(
+    ("hf_name", "hf_kwargs", "name", "options"), PARITY, ids=[f"{p[0]}-{i}" for i, p in enumerate(PARITY)]
+)
 def test_same_values_as_transformers(hf_name, hf_kwargs, name, options) -> None:
     transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
@@ -208,7 +225,9 @@ def test_lr_independent_decay_follows_schedule_shape() -> None:
         sched.step()
     torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0)
     # the size of lr does not enter: lr=0.5 decays the same total as lr=5e-4 would
-    total = math.prod(1 - S.multiplier("cosine", t, total_steps=steps, warmup_steps=5, min_factor=0.2) * wd for t in range(steps))
+    total = math.prod(
+        1 - S.multiplier("cosine", t, total_steps=steps, warmup_steps=5, min_factor=0.2) * wd for t in range(steps)
+    )
     assert p[0].item() == pytest.approx(total, rel=1e-5)
 
 

@@ -350,7 +350,9 @@ def param_groups(
     for wd, wanted in ((float(weight_decay), True), (0.0, False)):
         names = [n for n, r in reasons.items() if (r is None) == wanted and named[n].requires_grad]
         if names:
-            groups.append({"params": [named[n] for n in names], "param_names": names, "weight_decay": wd, **group_options})
+            groups.append(
+                {"params": [named[n] for n in names], "param_names": names, "weight_decay": wd, **group_options}
+            )
     if verbose:
         print(describe(model, groups, reasons))
     return groups
@@ -367,11 +369,14 @@ def describe(model: nn.Module, groups: list[dict[str, Any]], reasons: dict[str, 
     ]
     for i, g in enumerate(groups):
         count = sum(p.numel() for p in g["params"])
-        lines.append(f"  group {i}: weight_decay={g['weight_decay']:<8g} {len(g['params']):>5} tensors {count:>14,} parameters")
+        lines.append(
+            f"  group {i}: weight_decay={g['weight_decay']:<8g} {len(g['params']):>5} tensors {count:>14,} parameters"
+        )
         why: dict[str, list[int]] = defaultdict(list)
         for name, p in zip(g["param_names"], g["params"]):
-            if reasons.get(name) is not None:
-                why[reasons[name]].append(p.numel())
+            reason = reasons.get(name)
+            if reason is not None:
+                why[reason].append(p.numel())
         for reason, sizes in sorted(why.items(), key=lambda kv: -sum(kv[1])):
             lines.append(f"    {reason:<40} {len(sizes):>5} tensors {sum(sizes):>14,} parameters")
     return "\n".join(lines)

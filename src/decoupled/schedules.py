@@ -327,9 +327,17 @@ class LinearSchedule(ScheduleBase):
     curve = "linear"
 
     def __init__(
-        self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, *, end_factor: float = 0.0, last_epoch: int = -1
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        *,
+        end_factor: float = 0.0,
+        last_epoch: int = -1,
     ) -> None:
-        super().__init__(optimizer, last_epoch, total_steps=total_steps, warmup_steps=warmup_steps, end_factor=end_factor)
+        super().__init__(
+            optimizer, last_epoch, total_steps=total_steps, warmup_steps=warmup_steps, end_factor=end_factor
+        )
 
 
 class CosineSchedule(ScheduleBase):
@@ -342,9 +350,17 @@ class CosineSchedule(ScheduleBase):
     curve = "cosine"
 
     def __init__(
-        self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, *, min_factor: float = 0.0, last_epoch: int = -1
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        *,
+        min_factor: float = 0.0,
+        last_epoch: int = -1,
     ) -> None:
-        super().__init__(optimizer, last_epoch, total_steps=total_steps, warmup_steps=warmup_steps, min_factor=min_factor)
+        super().__init__(
+            optimizer, last_epoch, total_steps=total_steps, warmup_steps=warmup_steps, min_factor=min_factor
+        )
 
 
 class CosineRestartsSchedule(ScheduleBase):
@@ -405,7 +421,12 @@ class PolynomialSchedule(ScheduleBase):
         last_epoch: int = -1,
     ) -> None:
         super().__init__(
-            optimizer, last_epoch, total_steps=total_steps, warmup_steps=warmup_steps, power=power, end_factor=end_factor
+            optimizer,
+            last_epoch,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            power=power,
+            end_factor=end_factor,
         )
 
 
@@ -507,7 +528,9 @@ class WeightDecaySchedule:
     a curve given as a function is code, not state, and must be passed again when restoring.
     """
 
-    def __init__(self, optimizer: Optimizer, curve: str | Callable[[int], float], *, last_step: int = -1, **options: Any) -> None:
+    def __init__(
+        self, optimizer: Optimizer, curve: str | Callable[[int], float], *, last_step: int = -1, **options: Any
+    ) -> None:
         if isinstance(curve, str):
             self.curve: str | None = curve
             self.options = _validate(curve, options)

@@ -127,9 +127,7 @@ def create_optimizer_and_scheduler(
 def _warn_if_not_adamw(args: Any) -> None:
     optim = _name(getattr(args, "optim", "adamw_torch"))
     if optim not in _ADAMW_NAMES:
-        warnings.warn(
-            f"TrainingArguments(optim={optim!r}) is ignored: this builds decoupled.AdamW", stacklevel=3
-        )
+        warnings.warn(f"TrainingArguments(optim={optim!r}) is ignored: this builds decoupled.AdamW", stacklevel=3)
 
 
 def _take(kwargs: dict[str, Any], name: str, default: Any) -> Any:
@@ -184,7 +182,9 @@ def get_scheduler(
         min_lr, rate = _take(kw, "min_lr", None), _take(kw, "min_lr_rate", None)
         if (min_lr is None) == (rate is None):
             raise ValueError("cosine_with_min_lr needs exactly one of min_lr or min_lr_rate in scheduler kwargs")
-        sched = schedules.CosineSchedule(optimizer, need_total(), warmup, min_factor=rate if min_lr is None else min_lr / lr0)
+        sched = schedules.CosineSchedule(
+            optimizer, need_total(), warmup, min_factor=rate if min_lr is None else min_lr / lr0
+        )
     elif name == "cosine_with_restarts":
         cycles = _take(kw, "num_cycles", 1)
         if not (isinstance(cycles, int) and cycles >= 1):

@@ -56,7 +56,7 @@ def compare(
     """Run (or resume) the grid and write the report; return the ``results.json`` content.
 
     Args:
-        task: a registered name (``"digits"``, ``"charlm"``), ``"module:attr"``,
+        task: a registered name (``"digits"``), ``"module:attr"``,
             ``"file.py:attr"``, or a :class:`~decoupled.lab.tasks.Task`.
         out: output folder (default ``compare-<task name>``); finished runs found there are reused.
         lrs: peak learning rates (default: the task's).
@@ -264,7 +264,7 @@ def _floats(text: str) -> list[float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="digits",
-                   help="built-in task (digits, charlm), 'package.module:Attr' or 'path/to/file.py:Attr' (default: digits)")
+                   help="built-in task (digits), 'package.module:Attr' or 'path/to/file.py:Attr' (default: digits)")
     p.add_argument("--out", default=None, help="output folder (default: compare-<task>); rerun to resume")
     p.add_argument("--lrs", type=_floats, help="peak learning rates, comma-separated (default: the task's)")
     p.add_argument("--wd-adam-l2", type=_floats, help="wd axis of Adam + L2 (the L2 coefficient)")

@@ -1,7 +1,7 @@
 r"""What ``decoupled compare`` and ``decoupled explain`` train: the :class:`Task` interface.
 
 A task is a model, its data split three ways (train / validation / test), and a default grid.
-The built-in tasks are registered by name (``digits``, ``charlm``); your own task is a
+The built-in tasks are registered by name (``digits``); your own task is a
 :class:`Task` subclass (or instance, or a function returning one) that ``compare`` loads from
 ``module:attr`` or ``path/to/file.py:attr``::
 
@@ -207,7 +207,6 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
 #: Built-in tasks: name -> "module:attribute".
 REGISTRY: dict[str, str] = {
     "digits": "decoupled.lab.digits:DigitsTask",
-    "charlm": "decoupled.lab.charlm:CharLMTask",
 }
 
 

@@ -534,7 +534,7 @@ class WeightDecaySchedule:
         if isinstance(curve, str):
             self.curve: str | None = curve
             self.options = _validate(curve, options)
-            self._fn: Callable[[int], float] = lambda t: _CURVES[self.curve](t, **self.options)  # type: ignore[index]
+            self._fn: Callable[[int], float] | None = None
         elif callable(curve):
             if options:
                 raise ValueError(f"options {sorted(options)} only apply to a named curve, not to a function")
@@ -549,7 +549,11 @@ class WeightDecaySchedule:
         self.step()
 
     def multiplier(self, step: int) -> float:
-        value = float(self._fn(step))
+        if self._fn is not None:
+            value = float(self._fn(step))
+        else:
+            assert self.curve is not None
+            value = _CURVES[self.curve](step, **self.options)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"the weight-decay curve gave {value!r} at step {step}; it must be a finite number >= 0")
         return value

@@ -35,7 +35,7 @@ def test_report_and_json(tiny):
     out, res = tiny
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
-    assert "src=\"http" not in html  # self-contained
+    assert 'src="http' not in html  # self-contained
     for label in CONVENTIONS.values():
         assert label.split(" (")[0] in html
     assert "Best test error per convention" in html and "slope" in html
@@ -61,7 +61,7 @@ def test_resume_skips_finished_runs_and_is_reproducible(tiny, tmp_path):
     part = tmp_path / "part"
     part.mkdir()
     (part / "settings.json").write_text((out / "settings.json").read_text())
-    (part / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n{\"truncated")
+    (part / "runs.jsonl").write_text("\n".join(lines[:5]) + '\n{"truncated')
     resumed = compare("digits", out=part, workers=2, **TINY)
     assert resumed["runs_reused"] == 5
     by_key = {r["key"]: r["final"] for r in first["runs"]}
@@ -103,9 +103,26 @@ def test_user_task_from_file(tmp_path):
         "    def model(self):\n"
         "        return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
     )
-    code = main(["compare", "--task", f"{src}:Blobs", "--out", str(tmp_path / "o"), "--lrs", "1e-3,1e-2",
-                 "--wd-adam-l2", "1e-3,1e-2", "--wd-adamw", "0.01,0.1", "--wd-adamw-indep", "1e-4,1e-3",
-                 "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "compare",
+            "--task",
+            f"{src}:Blobs",
+            "--out",
+            str(tmp_path / "o"),
+            "--lrs",
+            "1e-3,1e-2",
+            "--wd-adam-l2",
+            "1e-3,1e-2",
+            "--wd-adamw",
+            "0.01,0.1",
+            "--wd-adamw-indep",
+            "1e-4,1e-3",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["task"]["name"] == "blobs" and len(data["runs"]) == 12
@@ -118,8 +135,9 @@ def _runs(conv, best_wd_of_lr, lrs, wds, n_val=1000):
         for wd in wds:
             err = 0.05 + 0.02 * abs(math.log10(wd) - math.log10(best_wd_of_lr(lr)))
             final = {"val": {"error": err, "loss": err}, "test": {"error": err + 0.001, "loss": err}}
-            runs.append({"convention": conv, "lr": lr, "wd": wd, "seed": 0, "diverged": False,
-                         "final": final, "n_val": n_val})
+            runs.append(
+                {"convention": conv, "lr": lr, "wd": wd, "seed": 0, "diverged": False, "final": final, "n_val": n_val}
+            )
     return runs
 
 
@@ -137,8 +155,10 @@ def test_slope_on_known_tables():
 
 def test_one_standard_error_rule_prefers_the_strongest_equivalent_decay():
     # errors 5%, 5.1%, 5.2%, 9% over four wds; SE at 5% on 1000 examples is ~0.7%
-    row = [{"lr": 1e-3, "wd": w, "val": v, "val_loss": v, "val_std": 0.0, "seeds": [0], "n_val": 1000}
-           for w, v in zip([1e-4, 1e-3, 1e-2, 1e-1], [0.05, 0.051, 0.052, 0.09])]
+    row = [
+        {"lr": 1e-3, "wd": w, "val": v, "val_loss": v, "val_std": 0.0, "seeds": [0], "n_val": 1000}
+        for w, v in zip([1e-4, 1e-3, 1e-2, 1e-1], [0.05, 0.051, 0.052, 0.09])
+    ]
     assert analysis._one_se_choice(row, "error") == 2
 
 

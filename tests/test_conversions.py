@@ -31,8 +31,9 @@ def test_known_values():
     assert normalized_to_lr_independent(0.05, batch_size=128, dataset_size=50_000, epochs=100) == pytest.approx(
         0.05 * math.sqrt(128 / 5e6)
     )
-    assert lr_independent_to_normalized(0.05 * math.sqrt(128 / 5e6), batch_size=128, dataset_size=50_000,
-                                        epochs=100) == pytest.approx(0.05)
+    assert lr_independent_to_normalized(
+        0.05 * math.sqrt(128 / 5e6), batch_size=128, dataset_size=50_000, epochs=100
+    ) == pytest.approx(0.05)
     assert timescale_steps(1e-3, 0.1) == pytest.approx(1e4)
     assert timescale_epochs(1e-3, 0.1, batch_size=100, dataset_size=10_000) == pytest.approx(100.0)  # 100 steps/epoch
     assert weight_decay_for_timescale(1e4, 1e-3) == pytest.approx(0.1)
@@ -66,8 +67,10 @@ def test_errors_name_what_is_missing():
 def test_command(capsys):
     assert main(["convert-wd", "0.1", "--lr", "1e-3", "--to", "indep"]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(1e-4)
-    assert main(["convert-wd", "0.1", "--lr", "1e-3", "--batch-size", "128", "--dataset-size", "50000",
-                 "--epochs", "100"]) == 0
+    assert (
+        main(["convert-wd", "0.1", "--lr", "1e-3", "--batch-size", "128", "--dataset-size", "50000", "--epochs", "100"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "tau_epochs" in out and "10000" in out and "of the run" in out
     assert main(["convert-wd", "0.1", "--to", "indep"]) == 2

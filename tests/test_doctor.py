@@ -49,11 +49,14 @@ def codes(findings):
     return {f.code for f in findings}
 
 
-@pytest.mark.parametrize("make", [
-    lambda g: torch.optim.AdamW(g, lr=1e-3),
-    lambda g: decoupled.AdamW(g, lr=1e-3),
-    lambda g: torch.optim.Adam(g, lr=1e-3, decoupled_weight_decay=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: torch.optim.AdamW(g, lr=1e-3),
+        lambda g: decoupled.AdamW(g, lr=1e-3),
+        lambda g: torch.optim.Adam(g, lr=1e-3, decoupled_weight_decay=True),
+    ],
+)
 def test_clean_setup_has_no_findings(make):
     model = Net()
     opt = make(clean_groups(model))
@@ -68,10 +71,13 @@ def test_clean_with_param_groups_helper():
     assert check(opt, model, warmup_cosine(opt)) == []
 
 
-@pytest.mark.parametrize("make", [
-    lambda g: torch.optim.Adam(g, lr=1e-3, weight_decay=1e-4),
-    lambda g: decoupled.Adam(g, lr=1e-3, weight_decay=1e-4),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: torch.optim.Adam(g, lr=1e-3, weight_decay=1e-4),
+        lambda g: decoupled.Adam(g, lr=1e-3, weight_decay=1e-4),
+    ],
+)
 def test_adam_with_l2(make):
     model = Net()
     opt = make(model.parameters())
@@ -154,13 +160,17 @@ def test_exported_lazily():
 
 def test_training_args_file(tmp_path, capsys):
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"learning_rate": 2e-5, "weight_decay": 0.0, "warmup_ratio": 0.0,
-                                "optim": "adamw_torch", "max_steps": 1000}))
+    path.write_text(
+        json.dumps(
+            {"learning_rate": 2e-5, "weight_decay": 0.0, "warmup_ratio": 0.0, "optim": "adamw_torch", "max_steps": 1000}
+        )
+    )
     assert main(["doctor", "--training-args", str(path)]) == 0
     out = capsys.readouterr().out
     assert "adamw-no-decay" in out and "no-warmup" in out
-    found = check_training_args({"learning_rate": 2e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
-                                 "max_steps": 1000}, Net())
+    found = check_training_args(
+        {"learning_rate": 2e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_steps": 1000}, Net()
+    )
     assert "decay-timescale" in codes(found)
     assert "decay-bias" not in codes(found)  # Trainer's own split keeps biases out
     clean = check_training_args({"learning_rate": 1e-3, "weight_decay": 0.1, "warmup_steps": 10, "max_steps": 1000})

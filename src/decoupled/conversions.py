@@ -99,7 +99,11 @@ def timescale_steps(lr: float, weight_decay: float) -> float:
 
 def timescale_epochs(lr: float, weight_decay: float, *, batch_size: int, dataset_size: int) -> float:
     r""":math:`\tau` in epochs: :math:`\tau_{steps}\,b / B` (an epoch is :math:`B/b` steps)."""
-    return timescale_steps(lr, weight_decay) * _positive("batch_size", batch_size) / _positive("dataset_size", dataset_size)
+    return (
+        timescale_steps(lr, weight_decay)
+        * _positive("batch_size", batch_size)
+        / _positive("dataset_size", dataset_size)
+    )
 
 
 def weight_decay_for_timescale(tau_steps: float, lr: float) -> float:
@@ -131,7 +135,11 @@ def convert_wd(
     """
     for form in (from_, to):
         if form not in FORMS:
-            hint = " (Adam + L2 has no fixed translation: its decay is divided by sqrt(v) per weight)" if "l2" in form.lower() else ""
+            hint = (
+                " (Adam + L2 has no fixed translation: its decay is divided by sqrt(v) per weight)"
+                if "l2" in form.lower()
+                else ""
+            )
             raise ValueError(f"unknown weight-decay form {form!r}; choose from {', '.join(FORMS)}{hint}")
     known = {"lr": lr, "batch_size": batch_size, "dataset_size": dataset_size, "epochs": epochs}
     missing = [k for f in (from_, to) for k in _NEEDS[f] if known[k] is None]

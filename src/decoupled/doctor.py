@@ -166,24 +166,30 @@ def check(
     coupled = [i for i, g in enumerate(groups) if not _decoupled(g, kind) and _val(g["weight_decay"]) > 0]
     if coupled:
         wd = _val(groups[coupled[0]]["weight_decay"])
-        found.append(Finding(
-            "warning", "adam-l2",
-            f"Adam with weight_decay={wd:g} adds wd·θ to the gradient (L2, coupled): the decay is then divided "
-            f"by sqrt(v), so weights with a large gradient history are barely decayed and the best wd moves "
-            f"with lr. AdamW (decoupled decay) was probably meant.",
-            ", ".join(_group_label(i, n) for i in coupled),
-            "Use decoupled.AdamW or torch.optim.AdamW (or Adam(..., decoupled_weight_decay=True)). The value "
-            "does not carry over: re-tune wd (AdamW commonly 0.01-0.1).",
-        ))
+        found.append(
+            Finding(
+                "warning",
+                "adam-l2",
+                f"Adam with weight_decay={wd:g} adds wd·θ to the gradient (L2, coupled): the decay is then divided "
+                f"by sqrt(v), so weights with a large gradient history are barely decayed and the best wd moves "
+                f"with lr. AdamW (decoupled decay) was probably meant.",
+                ", ".join(_group_label(i, n) for i in coupled),
+                "Use decoupled.AdamW or torch.optim.AdamW (or Adam(..., decoupled_weight_decay=True)). The value "
+                "does not carry over: re-tune wd (AdamW commonly 0.01-0.1).",
+            )
+        )
     if kind == "adamw" or any(_decoupled(g, kind) for g in groups):
         if all(_val(g["weight_decay"]) == 0 for g in groups):
-            found.append(Finding(
-                "warning", "adamw-no-decay",
-                "AdamW with weight_decay=0 in every param group is plain Adam: no decay is applied.",
-                "all param groups",
-                "Set weight_decay (commonly 0.01-0.1) on the group of weight matrices, or use Adam if no "
-                "decay is intended.",
-            ))
+            found.append(
+                Finding(
+                    "warning",
+                    "adamw-no-decay",
+                    "AdamW with weight_decay=0 in every param group is plain Adam: no decay is applied.",
+                    "all param groups",
+                    "Set weight_decay (commonly 0.01-0.1) on the group of weight matrices, or use Adam if no "
+                    "decay is intended.",
+                )
+            )
 
     # -- membership of parameters ---------------------------------------------------------------
     seen: dict[int, list[int]] = {}
@@ -197,22 +203,29 @@ def check(
     twice = [k for k, where in seen.items() if len(where) > 1]
     if twice:
         label = [names.get(k, f"a tensor in groups {seen[k]}") for k in twice]
-        found.append(Finding(
-            "error", "param-twice",
-            f"{len(twice)} parameter(s) appear more than once in the optimizer: each occurrence is updated "
-            f"(and decayed) separately, so they move twice per step.",
-            _names(label), "List each parameter in exactly one param group.",
-        ))
+        found.append(
+            Finding(
+                "error",
+                "param-twice",
+                f"{len(twice)} parameter(s) appear more than once in the optimizer: each occurrence is updated "
+                f"(and decayed) separately, so they move twice per step.",
+                _names(label),
+                "List each parameter in exactly one param group.",
+            )
+        )
     if model is not None:
         missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
         if missing:
-            found.append(Finding(
-                "error", "param-missing",
-                f"{len(missing)} trainable parameter(s) of the model are in no param group and are never updated.",
-                _names(missing),
-                "Build the groups from model.named_parameters() (decoupled.param_groups(model) does), or set "
-                "requires_grad=False on parameters meant to stay frozen.",
-            ))
+            found.append(
+                Finding(
+                    "error",
+                    "param-missing",
+                    f"{len(missing)} trainable parameter(s) of the model are in no param group and are never updated.",
+                    _names(missing),
+                    "Build the groups from model.named_parameters() (decoupled.param_groups(model) does), or set "
+                    "requires_grad=False on parameters meant to stay frozen.",
+                )
+            )
         found += _decay_membership(optimizer, model, kind, decay_embeddings, tuple(no_decay), tuple(decay))
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -239,8 +252,12 @@ def check(
 
 
 def _decay_membership(
-    optimizer: torch.optim.Optimizer, model: nn.Module, kind: str, decay_embeddings: bool,
-    no_decay: tuple[Any, ...], decay: tuple[Any, ...],
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    kind: str,
+    decay_embeddings: bool,
+    no_decay: tuple[Any, ...],
+    decay: tuple[Any, ...],
 ) -> list[Finding]:
     from .groups import no_decay_reasons
 
@@ -265,40 +282,70 @@ def _decay_membership(
         buckets.setdefault(code, []).append(f"{name} ({reason})" if code == "decay-other" else name)
     norms = sorted({r for r in reasons.values() if r and r.startswith("normalization")})
     texts = {
-        "decay-bias": ("warning", "biases are decayed: pulling offsets to zero biases the function without "
-                       "regularizing it"),
-        "decay-norm": ("warning", "normalization weights are decayed ("
-                       + ", ".join(n.split("(", 1)[-1].rstrip(")") for n in norms)
-                       + "): shrinking a norm's gain shrinks every activation after it"),
-        "decay-embedding": ("warning", "embedding tables are decayed: every row shrinks every step but only rows of tokens "
-                            "in the batch get gradient, so rare tokens drift to zero (many recipes accept this)"),
+        "decay-bias": (
+            "warning",
+            "biases are decayed: pulling offsets to zero biases the function without regularizing it",
+        ),
+        "decay-norm": (
+            "warning",
+            "normalization weights are decayed ("
+            + ", ".join(n.split("(", 1)[-1].rstrip(")") for n in norms)
+            + "): shrinking a norm's gain shrinks every activation after it",
+        ),
+        "decay-embedding": (
+            "warning",
+            "embedding tables are decayed: every row shrinks every step but only rows of tokens "
+            "in the batch get gradient, so rare tokens drift to zero (many recipes accept this)",
+        ),
         "decay-other": ("warning", "parameters that should not decay are decayed"),
     }
     out = []
     for code, items in buckets.items():
         severity, text = texts[code]
-        out.append(Finding(
-            severity, code, f"{text[0].upper()}{text[1:]} ({len(items)} parameter{'s' * (len(items) > 1)}).",
-            _names(items),
-            "Build the param groups with decoupled.param_groups(model, weight_decay=...), which puts biases and "
-            "norms" + (" (and, with decay_embeddings=False, embeddings)" if code == "decay-embedding" else "")
-            + " in a weight_decay=0 group, or move these parameters to a group with weight_decay=0.",
-        ))
+        out.append(
+            Finding(
+                severity,
+                code,
+                f"{text[0].upper()}{text[1:]} ({len(items)} parameter{'s' * (len(items) > 1)}).",
+                _names(items),
+                "Build the param groups with decoupled.param_groups(model, weight_decay=...), which puts biases and "
+                "norms"
+                + (" (and, with decay_embeddings=False, embeddings)" if code == "decay-embedding" else "")
+                + " in a weight_decay=0 group, or move these parameters to a group with weight_decay=0.",
+            )
+        )
     return out
 
 
 def _warmup(optimizer: torch.optim.Optimizer, scheduler: Any, warmup_steps: int | None) -> list[Finding]:
-    fix = ("Warm the lr up linearly over the first ~1-5% of steps, e.g. "
-           "decoupled.schedules.create('cosine', optimizer, warmup_steps=..., total_steps=...).")
+    fix = (
+        "Warm the lr up linearly over the first ~1-5% of steps, e.g. "
+        "decoupled.schedules.create('cosine', optimizer, warmup_steps=..., total_steps=...)."
+    )
     if warmup_steps is not None:
         if warmup_steps > 0:
             return []
-        return [Finding("warning", "no-warmup", "No warmup: the first Adam steps use the full lr while the "
-                        "second-moment estimate v is still built from a handful of gradients.", "schedule", fix)]
+        return [
+            Finding(
+                "warning",
+                "no-warmup",
+                "No warmup: the first Adam steps use the full lr while the "
+                "second-moment estimate v is still built from a handful of gradients.",
+                "schedule",
+                fix,
+            )
+        ]
     if scheduler is None:
-        return [Finding("info", "no-warmup", "No lr scheduler was given, so the lr is constant from step 1 (no "
-                        "warmup) unless you change it by hand.", "schedule",
-                        fix + " If you warm up by hand, pass warmup_steps=.")]
+        return [
+            Finding(
+                "info",
+                "no-warmup",
+                "No lr scheduler was given, so the lr is constant from step 1 (no "
+                "warmup) unless you change it by hand.",
+                "schedule",
+                fix + " If you warm up by hand, pass warmup_steps=.",
+            )
+        ]
     last = getattr(scheduler, "last_epoch", 0)
     base = getattr(scheduler, "base_lrs", None)
     if last not in (0, -1) or not base:
@@ -306,10 +353,16 @@ def _warmup(optimizer: torch.optim.Optimizer, scheduler: Any, warmup_steps: int 
     now = [_val(g["lr"]) for g in optimizer.param_groups]
     ratios = [c / _val(b) for c, b in zip(now, base) if _val(b) > 0]
     if ratios and max(ratios) > 0.5:
-        return [Finding("warning", "no-warmup",
-                        f"The scheduler starts at {max(ratios):.0%} of its peak lr: no warmup, so the first Adam "
-                        f"steps use (nearly) the full lr while v is still built from a handful of gradients.",
-                        f"scheduler {type(scheduler).__name__}", fix)]
+        return [
+            Finding(
+                "warning",
+                "no-warmup",
+                f"The scheduler starts at {max(ratios):.0%} of its peak lr: no warmup, so the first Adam "
+                f"steps use (nearly) the full lr while v is still built from a handful of gradients.",
+                f"scheduler {type(scheduler).__name__}",
+                fix,
+            )
+        ]
     return []
 
 
@@ -320,35 +373,53 @@ def _fmt_steps(steps: float, steps_per_epoch: float | None) -> str:
     return text
 
 
-def _timescale(per_step: float, form: str, where: str, total: int | None, spe: float | None, indep: bool) -> list[Finding]:
+def _timescale(
+    per_step: float, form: str, where: str, total: int | None, spe: float | None, indep: bool
+) -> list[Finding]:
     tau = 1.0 / per_step
     if per_step >= 0.1:
-        return [Finding(
-            "error", "decay-timescale",
-            f"{form} removes {per_step:.0%} of every decayed weight per step (timescale {_fmt_steps(tau, spe)}): "
-            f"weights are wiped out almost at once.", where,
-            "Lower weight_decay: " + ("with lr_independent_decay, typical values are 1e-5 to 1e-3."
-                                      if indep else "typical AdamW values are 0.01-0.1 with lr 1e-4 to 1e-3."),
-        )]
+        return [
+            Finding(
+                "error",
+                "decay-timescale",
+                f"{form} removes {per_step:.0%} of every decayed weight per step (timescale {_fmt_steps(tau, spe)}): "
+                f"weights are wiped out almost at once.",
+                where,
+                "Lower weight_decay: "
+                + (
+                    "with lr_independent_decay, typical values are 1e-5 to 1e-3."
+                    if indep
+                    else "typical AdamW values are 0.01-0.1 with lr 1e-4 to 1e-3."
+                ),
+            )
+        ]
     if not total:
         return []
     if tau > 10 * total:
         kept = math.exp(-total / tau)
-        return [Finding(
-            "info" if tau < 100 * total else "warning", "decay-timescale",
-            f"The decay timescale 1/(lr·wd) is {_fmt_steps(tau, spe)}, {tau / total:.3g}x the run's "
-            f"{_fmt_steps(total, spe)}: decay alone would shrink a weight only to {kept:.1%} by the end, so it "
-            f"has almost no effect.", where,
-            f"For a decay that acts within the run, raise weight_decay towards {_wd_of(form) * tau / (0.3 * total):.3g} "
-            f"(timescale ~30% of the run); `decoupled convert-wd` translates between forms.",
-        )]
+        return [
+            Finding(
+                "info" if tau < 100 * total else "warning",
+                "decay-timescale",
+                f"The decay timescale 1/(lr·wd) is {_fmt_steps(tau, spe)}, {tau / total:.3g}x the run's "
+                f"{_fmt_steps(total, spe)}: decay alone would shrink a weight only to {kept:.1%} by the end, so it "
+                f"has almost no effect.",
+                where,
+                f"For a decay that acts within the run, raise weight_decay towards {_wd_of(form) * tau / (0.3 * total):.3g} "
+                f"(timescale ~30% of the run); `decoupled convert-wd` translates between forms.",
+            )
+        ]
     if tau < total / 100:
-        return [Finding(
-            "warning", "decay-timescale",
-            f"The decay timescale 1/(lr·wd) is {_fmt_steps(tau, spe)}, under 1% of the run's "
-            f"{_fmt_steps(total, spe)}: weights forget everything they learned more than {tau:,.0f} steps ago.",
-            where, "Lower weight_decay, or check it is in the form the optimizer expects (`decoupled convert-wd`).",
-        )]
+        return [
+            Finding(
+                "warning",
+                "decay-timescale",
+                f"The decay timescale 1/(lr·wd) is {_fmt_steps(tau, spe)}, under 1% of the run's "
+                f"{_fmt_steps(total, spe)}: weights forget everything they learned more than {tau:,.0f} steps ago.",
+                where,
+                "Lower weight_decay, or check it is in the form the optimizer expects (`decoupled convert-wd`).",
+            )
+        ]
     return []
 
 
@@ -363,14 +434,17 @@ def _precision(group: dict[str, Any], per_step: float, form: str, where: str) ->
         limit = _HALF_ULP[dt]
         if per_step < limit:
             name = str(dt).replace("torch.", "")
-            out.append(Finding(
-                "warning", "decay-below-precision",
-                f"{form} removes {per_step:.2e} of a weight per step, below {name}'s resolution ({limit:.2e}): "
-                f"θ·(1 - {per_step:.1e}) rounds back to θ in {name}, so the decay is silently lost.",
-                f"{where} ({name} parameters)",
-                "Keep fp32 master weights (mixed precision), or use a state format with Kahan summation or "
-                "stochastic rounding for the parameters.",
-            ))
+            out.append(
+                Finding(
+                    "warning",
+                    "decay-below-precision",
+                    f"{form} removes {per_step:.2e} of a weight per step, below {name}'s resolution ({limit:.2e}): "
+                    f"θ·(1 - {per_step:.1e}) rounds back to θ in {name}, so the decay is silently lost.",
+                    f"{where} ({name} parameters)",
+                    "Keep fp32 master weights (mixed precision), or use a state format with Kahan summation or "
+                    "stochastic rounding for the parameters.",
+                )
+            )
     return out
 
 
@@ -388,8 +462,9 @@ def format_findings(findings: Sequence[Finding]) -> str:
         lines = [f"[{f.severity}] {f.code} @ {f.where}: {f.what}\n    fix: {f.fix}" for f in findings]
         return "\n".join(lines)
     colors = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-    table = Table(title=f"decoupled doctor: {len(findings)} finding(s)", show_lines=True, expand=False,
-                  title_justify="left")
+    table = Table(
+        title=f"decoupled doctor: {len(findings)} finding(s)", show_lines=True, expand=False, title_justify="left"
+    )
     for col, width in (("severity", 22), ("what", 46), ("where", 22), ("how to fix", 38)):
         table.add_column(col, max_width=width, overflow="fold", no_wrap=col == "severity")
     for f in findings:
@@ -427,16 +502,19 @@ def _make_callback() -> type:
             total = state.max_steps if getattr(state, "max_steps", 0) else None
             epochs = getattr(state, "num_train_epochs", 0) or getattr(args, "num_train_epochs", 0)
             spe = total / epochs if total and epochs else None
-            self.findings = check(inner, model, lr_scheduler, total_steps=total, steps_per_epoch=spe,
-                                  **self.check_options)
+            self.findings = check(
+                inner, model, lr_scheduler, total_steps=total, steps_per_epoch=spe, **self.check_options
+            )
             if state.is_world_process_zero if hasattr(state, "is_world_process_zero") else True:
                 print(format_findings(self.findings))
             if self.raise_on is not None:
                 cut = SEVERITIES.index(self.raise_on)
                 bad = [f for f in self.findings if SEVERITIES.index(f.severity) <= cut]
                 if bad:
-                    raise RuntimeError(f"decoupled doctor: {len(bad)} finding(s) of severity {self.raise_on} or worse; "
-                                       f"first: {bad[0].code}: {bad[0].what}")
+                    raise RuntimeError(
+                        f"decoupled doctor: {len(bad)} finding(s) of severity {self.raise_on} or worse; "
+                        f"first: {bad[0].code}: {bad[0].what}"
+                    )
 
     return DoctorCallback
 
@@ -455,12 +533,23 @@ def __getattr__(name: str) -> Any:
 
 # ---- TrainingArguments files ---------------------------------------------------------------------
 
-_HF_ADAM = {"adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adamw_torch_xla",
-            "adamw_torch_npu_fused", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit"}
+_HF_ADAM = {
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_hf",
+    "adamw_apex_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+}
 
 
-def check_training_args(args: dict[str, Any], model: nn.Module | None = None, *,
-                        steps_per_epoch: float | None = None) -> list[Finding]:
+def check_training_args(
+    args: dict[str, Any], model: nn.Module | None = None, *, steps_per_epoch: float | None = None
+) -> list[Finding]:
     """Check a ``TrainingArguments`` (as a dict, e.g. loaded from its JSON) and optionally the model.
 
     With a model, builds the optimizer exactly as ``Trainer`` would (its decay/no-decay split,
@@ -475,31 +564,61 @@ def check_training_args(args: dict[str, Any], model: nn.Module | None = None, *,
     epochs = float(args.get("num_train_epochs", 3.0))
     total = max_steps if max_steps > 0 else (round(epochs * steps_per_epoch) if steps_per_epoch else None)
     if optim not in _HF_ADAM:
-        found.append(Finding("info", "not-adamw", f"optim={optim!r} is not an AdamW variant; only the generic "
-                             "checks apply.", "TrainingArguments.optim", "Nothing to do if this is intended."))
+        found.append(
+            Finding(
+                "info",
+                "not-adamw",
+                f"optim={optim!r} is not an AdamW variant; only the generic checks apply.",
+                "TrainingArguments.optim",
+                "Nothing to do if this is intended.",
+            )
+        )
     elif wd == 0:
-        found.append(Finding("warning", "adamw-no-decay", "weight_decay=0 (the TrainingArguments default): AdamW "
-                             "without decay is plain Adam.", "TrainingArguments.weight_decay",
-                             "Set weight_decay (commonly 0.01-0.1)."))
+        found.append(
+            Finding(
+                "warning",
+                "adamw-no-decay",
+                "weight_decay=0 (the TrainingArguments default): AdamW without decay is plain Adam.",
+                "TrainingArguments.weight_decay",
+                "Set weight_decay (commonly 0.01-0.1).",
+            )
+        )
     warm = int(args.get("warmup_steps", 0) or 0)
     ratio = float(args.get("warmup_ratio", 0.0) or 0.0)
-    if warm == 0 and ratio == 0 and str(args.get("lr_scheduler_type", "linear")).split(".")[-1] not in (
-            "constant", "reduce_lr_on_plateau"):
-        found.append(Finding("warning", "no-warmup", "No warmup (warmup_steps=0 and warmup_ratio=0): the first Adam "
-                             "steps use the full lr while v is still built from a handful of gradients.",
-                             "TrainingArguments.warmup_steps / warmup_ratio", "Set warmup_ratio=0.03 or so."))
+    if (
+        warm == 0
+        and ratio == 0
+        and str(args.get("lr_scheduler_type", "linear")).split(".")[-1] not in ("constant", "reduce_lr_on_plateau")
+    ):
+        found.append(
+            Finding(
+                "warning",
+                "no-warmup",
+                "No warmup (warmup_steps=0 and warmup_ratio=0): the first Adam "
+                "steps use the full lr while v is still built from a handful of gradients.",
+                "TrainingArguments.warmup_steps / warmup_ratio",
+                "Set warmup_ratio=0.03 or so.",
+            )
+        )
     if model is not None and optim in _HF_ADAM:
         from transformers import Trainer
 
         decay_names = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if n in decay_names], "weight_decay": wd},
-                  {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for n, p in named if n in decay_names], "weight_decay": wd},
+            {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-        found += [f for f in check(opt, model, total_steps=total, steps_per_epoch=steps_per_epoch, warmup_steps=1)
-                  if f.code not in ("adamw-no-decay", "no-warmup")]
+        found += [
+            f
+            for f in check(opt, model, total_steps=total, steps_per_epoch=steps_per_epoch, warmup_steps=1)
+            if f.code not in ("adamw-no-decay", "no-warmup")
+        ]
     elif wd > 0 and optim in _HF_ADAM:
-        found += _timescale(lr * wd, f"lr={lr:g} x weight_decay={wd:g}", "TrainingArguments", total, steps_per_epoch, False)
+        found += _timescale(
+            lr * wd, f"lr={lr:g} x weight_decay={wd:g}", "TrainingArguments", total, steps_per_epoch, False
+        )
     order = {s: k for k, s in enumerate(SEVERITIES)}
     found.sort(key=lambda f: order[f.severity])
     return found
@@ -521,24 +640,41 @@ def _unpack(setup: Any) -> dict[str, Any]:
     if isinstance(setup, torch.optim.Optimizer):
         return {"optimizer": setup}
     if isinstance(setup, dict):
-        unknown = set(setup) - {"optimizer", "model", "scheduler", "total_steps", "steps_per_epoch", "warmup_steps",
-                                "decay_embeddings"}
+        unknown = set(setup) - {
+            "optimizer",
+            "model",
+            "scheduler",
+            "total_steps",
+            "steps_per_epoch",
+            "warmup_steps",
+            "decay_embeddings",
+        }
         if unknown or "optimizer" not in setup:
-            raise ValueError("the entry point's dict needs 'optimizer' and may have 'model', 'scheduler', "
-                             f"'total_steps', 'steps_per_epoch', 'warmup_steps'; got {sorted(setup)}")
+            raise ValueError(
+                "the entry point's dict needs 'optimizer' and may have 'model', 'scheduler', "
+                f"'total_steps', 'steps_per_epoch', 'warmup_steps'; got {sorted(setup)}"
+            )
         return setup
     if isinstance(setup, (tuple, list)):
         keys = ("optimizer", "model", "scheduler")
         if not 1 <= len(setup) <= 3:
-            raise ValueError("the entry point must return optimizer, (optimizer, model) or (optimizer, model, scheduler)")
+            raise ValueError(
+                "the entry point must return optimizer, (optimizer, model) or (optimizer, model, scheduler)"
+            )
         return dict(zip(keys, setup))
-    raise ValueError(f"the entry point returned {type(setup).__name__}; return an optimizer, a tuple "
-                     "(optimizer, model[, scheduler]) or a dict")
+    raise ValueError(
+        f"the entry point returned {type(setup).__name__}; return an optimizer, a tuple "
+        "(optimizer, model[, scheduler]) or a dict"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("entry", nargs="?", help="'module:function' or 'file.py:function' returning an optimizer, "
-                   "(optimizer, model[, scheduler]) or a dict with those keys and total_steps/steps_per_epoch")
+    p.add_argument(
+        "entry",
+        nargs="?",
+        help="'module:function' or 'file.py:function' returning an optimizer, "
+        "(optimizer, model[, scheduler]) or a dict with those keys and total_steps/steps_per_epoch",
+    )
     p.add_argument("--training-args", help="a Hugging Face TrainingArguments JSON file to check")
     p.add_argument("--model", help="with --training-args: 'module:function' returning the model")
     p.add_argument("--total-steps", type=int, help="optimizer steps in the run")

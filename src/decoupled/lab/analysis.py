@@ -50,7 +50,8 @@ def cell_table(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[tuple[
     for conv, cells in grouped.items():
         table[conv] = {}
         for key, rs in cells.items():
-            def stat(split: str, name: str) -> tuple[float, float]:
+
+            def stat(split: str, name: str, rs: list = rs) -> tuple[float, float]:
                 vals = [_nan_to_inf(r["final"][split].get(name, math.nan)) for r in rs]
                 if any(math.isinf(v) for v in vals):
                     return math.inf, 0.0
@@ -60,8 +61,14 @@ def cell_table(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[tuple[
             test_m, test_s = stat("test", metric)
             val_loss, _ = stat("val", "loss")
             table[conv][key] = {
-                "lr": key[0], "wd": key[1], "seeds": sorted(r["seed"] for r in rs),
-                "val": val_m, "val_std": val_s, "test": test_m, "test_std": test_s, "val_loss": val_loss,
+                "lr": key[0],
+                "wd": key[1],
+                "seeds": sorted(r["seed"] for r in rs),
+                "val": val_m,
+                "val_std": val_s,
+                "test": test_m,
+                "test_std": test_s,
+                "val_loss": val_loss,
                 "diverged": sum(bool(r["diverged"]) for r in rs),
                 "n_val": rs[0].get("n_val"),
             }

@@ -96,13 +96,23 @@ def compare(
     cells = make_cells(conventions, lrs, grid_wds, range(seed, seed + seeds))
     reused = sum(c.key in store.runs for c in cells)
     t0 = time.perf_counter()
-    for _ in run_cells(task, cells, store, epochs=epochs, data_seed=seed, max_train=max_train,
-                       workers=min(workers, max(1, len(cells) - reused)), progress=progress):
+    for _ in run_cells(
+        task,
+        cells,
+        store,
+        epochs=epochs,
+        data_seed=seed,
+        max_train=max_train,
+        workers=min(workers, max(1, len(cells) - reused)),
+        progress=progress,
+    ):
         pass
     wall = time.perf_counter() - t0
     runs = [store.runs[c.key] for c in cells]
     if metric not in runs[0]["final"]["val"]:
-        raise ValueError(f"metric {metric!r} is not measured by task {task.name!r}; it has {sorted(runs[0]['final']['val'])}")
+        raise ValueError(
+            f"metric {metric!r} is not measured by task {task.name!r}; it has {sorted(runs[0]['final']['val'])}"
+        )
 
     found = analysis.findings(runs, metric)
     results = {
@@ -132,7 +142,11 @@ def _best_curves(runs: list[dict[str, Any]], found: dict[str, Any]) -> dict[str,
     curves = {}
     for conv, f in found.items():
         b = f["best"]
-        rs = [r for r in runs if r["convention"] == conv and r["lr"] == b["lr"] and r["wd"] == b["wd"] and not r["diverged"]]
+        rs = [
+            r
+            for r in runs
+            if r["convention"] == conv and r["lr"] == b["lr"] and r["wd"] == b["wd"] and not r["diverged"]
+        ]
         if not rs:
             continue
         n = min(len(r["curves"]["epoch"]) for r in rs)
@@ -160,10 +174,15 @@ def headline(results: dict[str, Any]) -> list[str]:
     parts = []
     for conv, f in ranked:
         b = f["best"]
-        parts.append(f"{f['label']}: {_pct(b['test'], percent, b['test_std'] if seeds > 1 else None)} "
-                     f"(lr {b['lr']:g}, wd {b['wd']:g})")
-    lines.append(f"Best test {metric} per convention (cell chosen on validation, {seeds} seed{'s' * (seeds > 1)}): "
-                 + "; ".join(parts) + ".")
+        parts.append(
+            f"{f['label']}: {_pct(b['test'], percent, b['test_std'] if seeds > 1 else None)} "
+            f"(lr {b['lr']:g}, wd {b['wd']:g})"
+        )
+    lines.append(
+        f"Best test {metric} per convention (cell chosen on validation, {seeds} seed{'s' * (seeds > 1)}): "
+        + "; ".join(parts)
+        + "."
+    )
     parts = []
     for conv, f in found.items():
         s = f["slope_wd"]
@@ -177,8 +196,10 @@ def headline(results: dict[str, Any]) -> list[str]:
         if f["edge_hits"]:
             text += f" [best wd on the grid's edge at {f['edge_hits']} lr{'s' * (f['edge_hits'] > 1)}: a bound]"
         parts.append(text)
-    lines.append("How the best weight decay moves with lr (slope of log best-wd against log lr; "
-                 "0 = decoupled, -1 or steeper = coupled): " + "; ".join(parts) + ".")
+    lines.append(
+        "How the best weight decay moves with lr (slope of log best-wd against log lr; "
+        "0 = decoupled, -1 or steeper = coupled): " + "; ".join(parts) + "."
+    )
     return lines
 
 
@@ -198,54 +219,93 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
     body = ['<div class="findings"><b>Findings</b><ul>' + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul></div>"]
     edge = [f["label"] for f in found.values() if f["edge_hits"]]
     if edge:
-        body.append(f'<p class="warn">The best weight decay lies on the edge of the grid for {esc(", ".join(edge))}: '
-                    f"widen that axis (<code>--wd-...</code>) to locate it, or read its slope as a bound.</p>")
+        body.append(
+            f'<p class="warn">The best weight decay lies on the edge of the grid for {esc(", ".join(edge))}: '
+            f"widen that axis (<code>--wd-...</code>) to locate it, or read its slope as a bound.</p>"
+        )
     body.append("<h2>Test " + esc(metric) + " over the grid</h2>")
-    body.append(img(heat, "heatmaps", (
-        "Each panel trains the same model from the same initial weights and batches; only the weight-decay "
-        "convention and the (lr, wd) cell change. Colour and number: test " + esc(metric) +
-        (" in %" if percent else "") + " (mean over seeds). <b>Black frame</b>: the cell chosen on the "
-        "validation split. <b>White dots</b>: the best wd at each lr (on validation, by the one-standard-error rule: "
-        "the strongest decay within one standard error of that lr's best). Grey ×: diverged. "
-        "Each convention's weight decay is in its own units, so compare the <i>shape</i> of the valleys: "
-        "a valley that runs diagonally means the best wd depends on lr.")))
+    body.append(
+        img(
+            heat,
+            "heatmaps",
+            (
+                "Each panel trains the same model from the same initial weights and batches; only the weight-decay "
+                "convention and the (lr, wd) cell change. Colour and number: test "
+                + esc(metric)
+                + (" in %" if percent else "")
+                + " (mean over seeds). <b>Black frame</b>: the cell chosen on the "
+                "validation split. <b>White dots</b>: the best wd at each lr (on validation, by the one-standard-error rule: "
+                "the strongest decay within one standard error of that lr's best). Grey ×: diverged. "
+                "Each convention's weight decay is in its own units, so compare the <i>shape</i> of the valleys: "
+                "a valley that runs diagonally means the best wd depends on lr."
+            ),
+        )
+    )
     body.append("<h2>Does the best weight decay move with the learning rate?</h2>")
-    body.append(img(slope_png, "best wd vs lr", (
-        "Best decay strength at each lr relative to its value at the smallest lr (for PyTorch's AdamW the "
-        "strength is lr·wd, the fraction removed per step). Flat = you can tune lr and wd separately; "
-        "falling = changing lr silently changes the best decay. Circled points sit on the grid's edge.")))
+    body.append(
+        img(
+            slope_png,
+            "best wd vs lr",
+            (
+                "Best decay strength at each lr relative to its value at the smallest lr (for PyTorch's AdamW the "
+                "strength is lr·wd, the fraction removed per step). Flat = you can tune lr and wd separately; "
+                "falling = changing lr silently changes the best decay. Circled points sit on the grid's edge."
+            ),
+        )
+    )
     rows = []
     for conv, f in found.items():
         b = f["best"]
-        rows.append([Markup(f'<span class="swatch" style="background:{plots.color(conv)}"></span>{esc(f["label"])}'),
-                     f"{b['lr']:g}", f"{b['wd']:g}", _pct(b["val"], percent, b["val_std"]),
-                     _pct(b["test"], percent, b["test_std"]),
-                     "n/a" if f["slope_wd"] is None else f"{f['slope_wd']:+.2f}",
-                     ", ".join(f"{p['wd']:g}" for p in f["best_wd_per_lr"])])
+        rows.append(
+            [
+                Markup(f'<span class="swatch" style="background:{plots.color(conv)}"></span>{esc(f["label"])}'),
+                f"{b['lr']:g}",
+                f"{b['wd']:g}",
+                _pct(b["val"], percent, b["val_std"]),
+                _pct(b["test"], percent, b["test_std"]),
+                "n/a" if f["slope_wd"] is None else f"{f['slope_wd']:+.2f}",
+                ", ".join(f"{p['wd']:g}" for p in f["best_wd_per_lr"]),
+            ]
+        )
     body.append("<h2>Best cells</h2>")
-    body.append(table(["convention", "lr", "wd", f"val {metric}", f"test {metric}", "slope", "best wd per lr (low→high lr)"], rows))
+    body.append(
+        table(
+            ["convention", "lr", "wd", f"val {metric}", f"test {metric}", "slope", "best wd per lr (low→high lr)"], rows
+        )
+    )
     body.append("<h2>Learning curves of the best cells</h2>")
     body.append(img(curves_png, "learning curves"))
     g = results["grid"]
     s = results["settings"]
     body.append("<h2>Setup</h2>")
     body.append(f"<p>{esc(results['task']['description'])}</p>")
-    body.append(table(["setting", "value"], [
-        ["task", s["task"]], ["epochs", s["epochs"]], ["batch size", s["batch_size"]],
-        ["warmup (epochs), then cosine to 0", s["warmup_epochs"]],
-        ["training examples used", "all" if s.get("max_train") is None else s["max_train"]],
-        ["learning rates", ", ".join(f"{x:g}" for x in g["lrs"])],
-        *[[f"wd axis, {CONVENTIONS[c]}", ", ".join(f"{x:g}" for x in g["wds"][c])] for c in g["conventions"]],
-        ["seeds", ", ".join(map(str, g["seeds"]))],
-        ["runs", f"{len(runs)} ({results['runs_reused']} reused from an earlier invocation)"],
-        ["wall time of this invocation", f"{results['wall_seconds']:.1f} s"],
-    ]))
-    body.append("<p>Weight decay applies to weight matrices (tensors with 2+ dimensions); biases and "
-                "normalization parameters are not decayed. Adam + L2 adds wd·θ to the gradient, so its decay is "
-                "divided by √v like the gradient; AdamW multiplies θ by 1 − lr·wd each step (PyTorch's form); "
-                "the lr-independent form multiplies θ by 1 − η<sub>t</sub>·wd, where η<sub>t</sub> = lr<sub>t</sub>/lr<sub>peak</sub> "
-                "is the schedule multiplier. Every run's numbers are in <code>results.json</code>.</p>")
-    subtitle = f"{esc(results['task']['name'])}: three weight-decay conventions over a learning-rate × weight-decay grid"
+    body.append(
+        table(
+            ["setting", "value"],
+            [
+                ["task", s["task"]],
+                ["epochs", s["epochs"]],
+                ["batch size", s["batch_size"]],
+                ["warmup (epochs), then cosine to 0", s["warmup_epochs"]],
+                ["training examples used", "all" if s.get("max_train") is None else s["max_train"]],
+                ["learning rates", ", ".join(f"{x:g}" for x in g["lrs"])],
+                *[[f"wd axis, {CONVENTIONS[c]}", ", ".join(f"{x:g}" for x in g["wds"][c])] for c in g["conventions"]],
+                ["seeds", ", ".join(map(str, g["seeds"]))],
+                ["runs", f"{len(runs)} ({results['runs_reused']} reused from an earlier invocation)"],
+                ["wall time of this invocation", f"{results['wall_seconds']:.1f} s"],
+            ],
+        )
+    )
+    body.append(
+        "<p>Weight decay applies to weight matrices (tensors with 2+ dimensions); biases and "
+        "normalization parameters are not decayed. Adam + L2 adds wd·θ to the gradient, so its decay is "
+        "divided by √v like the gradient; AdamW multiplies θ by 1 − lr·wd each step (PyTorch's form); "
+        "the lr-independent form multiplies θ by 1 − η<sub>t</sub>·wd, where η<sub>t</sub> = lr<sub>t</sub>/lr<sub>peak</sub> "
+        "is the schedule multiplier. Every run's numbers are in <code>results.json</code>.</p>"
+    )
+    subtitle = (
+        f"{esc(results['task']['name'])}: three weight-decay conventions over a learning-rate × weight-decay grid"
+    )
     (out / "report.html").write_text(page("decoupled compare", subtitle, "".join(body), results["environment"]))
 
 
@@ -263,12 +323,17 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="digits",
-                   help="built-in task (digits), 'package.module:Attr' or 'path/to/file.py:Attr' (default: digits)")
+    p.add_argument(
+        "--task",
+        default="digits",
+        help="built-in task (digits), 'package.module:Attr' or 'path/to/file.py:Attr' (default: digits)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: compare-<task>); rerun to resume")
     p.add_argument("--lrs", type=_floats, help="peak learning rates, comma-separated (default: the task's)")
     p.add_argument("--wd-adam-l2", type=_floats, help="wd axis of Adam + L2 (the L2 coefficient)")
-    p.add_argument("--wd-adamw", type=_floats, help="wd axis of AdamW, PyTorch form (weight_decay, decay lr*wd per step)")
+    p.add_argument(
+        "--wd-adamw", type=_floats, help="wd axis of AdamW, PyTorch form (weight_decay, decay lr*wd per step)"
+    )
     p.add_argument("--wd-adamw-indep", type=_floats, help="wd axis of lr-independent AdamW (decay per step at peak lr)")
     p.add_argument("--conventions", default=",".join(CONVENTIONS), help=f"subset of {','.join(CONVENTIONS)}")
     p.add_argument("--seeds", type=int, default=1, help="runs per cell (default 1)")
@@ -286,9 +351,19 @@ def run(args: argparse.Namespace) -> int:
     conventions = [c.strip() for c in args.conventions.split(",") if c.strip()]
     try:
         results = compare(
-            args.task, out=args.out, lrs=args.lrs, wds={k: v for k, v in wds.items() if v}, conventions=conventions,
-            seeds=args.seeds, seed=args.seed, epochs=args.epochs, metric=args.metric, workers=args.workers,
-            max_train=args.max_train, fresh=args.fresh, progress=not args.no_progress,
+            args.task,
+            out=args.out,
+            lrs=args.lrs,
+            wds={k: v for k, v in wds.items() if v},
+            conventions=conventions,
+            seeds=args.seeds,
+            seed=args.seed,
+            epochs=args.epochs,
+            metric=args.metric,
+            workers=args.workers,
+            max_train=args.max_train,
+            fresh=args.fresh,
+            progress=not args.no_progress,
         )
     except KeyboardInterrupt:
         out = args.out or "compare-<task>"

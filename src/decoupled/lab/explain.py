@@ -103,8 +103,9 @@ def explain(
     per_conv: dict[str, Any] = {}
     for conv in PAIR:
         rec = _Recorder(coupled=conv == "adam_l2")
-        result = train_run(task, data, convention=conv, lr=lr, weight_decay=wds[conv], seed=seed, epochs=epochs,
-                           callback=rec)
+        result = train_run(
+            task, data, convention=conv, lr=lr, weight_decay=wds[conv], seed=seed, epochs=epochs, callback=rec
+        )
         names = {id(p): n for n, p in rec.model.named_parameters()}
         tensors = {}
         for key, s in rec.sum_d.items():
@@ -119,15 +120,29 @@ def explain(
 
     summary = _summarize(per_conv)
     reading = _reading(summary, lr, wds)
-    (out / "explain.json").write_text(json.dumps({
-        "task": task.name, "lr": lr, "weight_decay": wds, "seed": seed, "epochs": per_conv["adamw"]["result"]["epochs"],
-        "summary": summary, "reading": reading,
-        "final": {c: per_conv[c]["result"]["final"] for c in PAIR},
-        "environment": report.environment(),
-    }, indent=1) + "\n")
+    (out / "explain.json").write_text(
+        json.dumps(
+            {
+                "task": task.name,
+                "lr": lr,
+                "weight_decay": wds,
+                "seed": seed,
+                "epochs": per_conv["adamw"]["result"]["epochs"],
+                "summary": summary,
+                "reading": reading,
+                "final": {c: per_conv[c]["result"]["final"] for c in PAIR},
+                "environment": report.environment(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     _write_report(out, task, per_conv, summary, reading, lr, wds)
-    return {"summary": summary, "reading": reading, "paths": {"report": str(out / "report.html"),
-                                                               "json": str(out / "explain.json")}}
+    return {
+        "summary": summary,
+        "reading": reading,
+        "paths": {"report": str(out / "report.html"), "json": str(out / "explain.json")},
+    }
 
 
 def _summarize(per_conv: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +154,13 @@ def _summarize(per_conv: dict[str, Any]) -> dict[str, Any]:
         idx = np.clip(np.searchsorted(edges, rms, side="right") - 1, 0, 9)
         deciles = [float(np.median(d[idx == k])) if (idx == k).any() else None for k in range(10)]
         s[conv] = {
-            "decay_p10": float(np.quantile(d, 0.1)), "decay_median": float(np.median(d)),
+            "decay_p10": float(np.quantile(d, 0.1)),
+            "decay_median": float(np.median(d)),
             "decay_p90": float(np.quantile(d, 0.9)),
             "decay_by_rms_decile": deciles,
-            "per_tensor": {n: {"decay_median": float(np.median(t["decay"])), "norm": t["norm"]}
-                           for n, t in info["tensors"].items()},
+            "per_tensor": {
+                n: {"decay_median": float(np.median(t["decay"])), "norm": t["norm"]} for n, t in info["tensors"].items()
+            },
             "norms": info["norms"],
             "test": info["result"]["final"]["test"],
         }
@@ -165,13 +182,22 @@ def _reading(summary: dict[str, Any], lr: float, wds: dict[str, float]) -> list[
     ]
     na = sum(v**2 for v in a["norms"].values()) ** 0.5
     nw = sum(v**2 for v in w["norms"].values()) ** 0.5
-    lines.append(f"Total weight norm at the end: {na:.3g} with Adam + L2, {nw:.3g} with AdamW. Test error: "
-                 f"{a['test'].get('error', float('nan')):.2%} vs {w['test'].get('error', float('nan')):.2%}.")
+    lines.append(
+        f"Total weight norm at the end: {na:.3g} with Adam + L2, {nw:.3g} with AdamW. Test error: "
+        f"{a['test'].get('error', float('nan')):.2%} vs {w['test'].get('error', float('nan')):.2%}."
+    )
     return lines
 
 
-def _write_report(out: Path, task: Task, per_conv: dict[str, Any], summary: dict[str, Any], reading: list[str],
-                  lr: float, wds: dict[str, float]) -> None:
+def _write_report(
+    out: Path,
+    task: Task,
+    per_conv: dict[str, Any],
+    summary: dict[str, Any],
+    reading: list[str],
+    lr: float,
+    wds: dict[str, float],
+) -> None:
     from .report import esc, img, page, table
 
     plt = plots._plt()
@@ -190,7 +216,7 @@ def _write_report(out: Path, task: Task, per_conv: dict[str, Any], summary: dict
         ax.set_title(f"{name}  ({da.size:,} weights)", fontsize=9)
         ax.set_xlabel("log10 mean decay per step")
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, frameon=False)
     hist_png = plots.to_png(fig)
@@ -209,8 +235,13 @@ def _write_report(out: Path, task: Task, per_conv: dict[str, Any], summary: dict
     all_names = [n for n in per_conv["adam_l2"]["norms"] if n in per_conv["adam_l2"]["tensors"]]
     pos = np.arange(len(all_names))
     for k, conv in enumerate(PAIR):
-        a2.barh(pos + (k - 0.5) * 0.38, [per_conv[conv]["norms"][n] for n in all_names], height=0.38,
-                color=plots.color(conv), label=CONVENTIONS[conv])
+        a2.barh(
+            pos + (k - 0.5) * 0.38,
+            [per_conv[conv]["norms"][n] for n in all_names],
+            height=0.38,
+            color=plots.color(conv),
+            label=CONVENTIONS[conv],
+        )
     a2.set_yticks(pos, all_names, fontsize=8)
     a2.invert_yaxis()
     a2.set_xlabel("final Frobenius norm")
@@ -220,23 +251,40 @@ def _write_report(out: Path, task: Task, per_conv: dict[str, Any], summary: dict
 
     rows_ = []
     for n in names:
-        rows_.append([n, f"{summary['adam_l2']['per_tensor'][n]['decay_median']:.2e}",
-                      f"{summary['adamw']['per_tensor'][n]['decay_median']:.2e}",
-                      f"{summary['adam_l2']['per_tensor'][n]['norm']:.3g}", f"{summary['adamw']['per_tensor'][n]['norm']:.3g}"])
-    body = ['<div class="findings"><b>Reading</b><ul>' + "".join(f"<li>{esc(x)}</li>" for x in reading) + "</ul></div>",
-            "<h2>Effective decay of every weight, per tensor</h2>",
-            img(hist_png, "histograms", "Mean fraction of each weight removed per step by the weight-decay term "
-                "(log scale). AdamW applies one value to every weight (line); Adam + L2 divides it by each weight's "
-                "sqrt(v), spreading it over orders of magnitude."),
-            "<h2>By gradient history, and the resulting norms</h2>",
-            img(dec_png, "deciles and norms", "Left: weights binned by their time-averaged RMS gradient sqrt(v̂). "
-                "Right: the norm of each decayed tensor after training."),
-            table(["tensor", "median decay/step, Adam + L2", "AdamW", "final norm, Adam + L2", "AdamW"], rows_),
-            f"<h2>Setup</h2><p>{esc(task.description)} Peak lr {lr:g}; Adam + L2 wd {wds['adam_l2']:g}; AdamW "
-            f"weight_decay {wds['adamw']:g}. Same seed, initial weights and batches for both runs; biases and "
-            f"normalization parameters are not decayed.</p>"]
-    (out / "report.html").write_text(page("decoupled explain", f"{esc(task.name)}: what each convention did to each weight",
-                                          "".join(body)))
+        rows_.append(
+            [
+                n,
+                f"{summary['adam_l2']['per_tensor'][n]['decay_median']:.2e}",
+                f"{summary['adamw']['per_tensor'][n]['decay_median']:.2e}",
+                f"{summary['adam_l2']['per_tensor'][n]['norm']:.3g}",
+                f"{summary['adamw']['per_tensor'][n]['norm']:.3g}",
+            ]
+        )
+    body = [
+        '<div class="findings"><b>Reading</b><ul>' + "".join(f"<li>{esc(x)}</li>" for x in reading) + "</ul></div>",
+        "<h2>Effective decay of every weight, per tensor</h2>",
+        img(
+            hist_png,
+            "histograms",
+            "Mean fraction of each weight removed per step by the weight-decay term "
+            "(log scale). AdamW applies one value to every weight (line); Adam + L2 divides it by each weight's "
+            "sqrt(v), spreading it over orders of magnitude.",
+        ),
+        "<h2>By gradient history, and the resulting norms</h2>",
+        img(
+            dec_png,
+            "deciles and norms",
+            "Left: weights binned by their time-averaged RMS gradient sqrt(v̂). "
+            "Right: the norm of each decayed tensor after training.",
+        ),
+        table(["tensor", "median decay/step, Adam + L2", "AdamW", "final norm, Adam + L2", "AdamW"], rows_),
+        f"<h2>Setup</h2><p>{esc(task.description)} Peak lr {lr:g}; Adam + L2 wd {wds['adam_l2']:g}; AdamW "
+        f"weight_decay {wds['adamw']:g}. Same seed, initial weights and batches for both runs; biases and "
+        f"normalization parameters are not decayed.</p>",
+    ]
+    (out / "report.html").write_text(
+        page("decoupled explain", f"{esc(task.name)}: what each convention did to each weight", "".join(body))
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -252,8 +300,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        res = explain(args.task, out=args.out, lr=args.lr, wd_adam_l2=args.wd_adam_l2, wd_adamw=args.wd_adamw,
-                      epochs=args.epochs, seed=args.seed, max_train=args.max_train)
+        res = explain(
+            args.task,
+            out=args.out,
+            lr=args.lr,
+            wd_adam_l2=args.wd_adam_l2,
+            wd_adamw=args.wd_adamw,
+            epochs=args.epochs,
+            seed=args.seed,
+            max_train=args.max_train,
+        )
     except (ValueError, TypeError) as err:
         print(f"decoupled explain: error: {err}")
         return 2

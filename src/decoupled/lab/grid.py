@@ -68,7 +68,9 @@ class RunStore:
         if settings_path.exists() and self.path.exists():
             old = json.loads(settings_path.read_text())
             if old != settings:
-                diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+                diff = {
+                    k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)
+                }
                 raise ValueError(
                     f"{self.folder} holds runs made with other settings ({diff}, as (old, new)); "
                     f"use another --out folder, or --fresh to discard them"
@@ -113,8 +115,13 @@ def _worker_run(cell: Cell, epochs: int) -> dict[str, Any]:
     from .train import train_run
 
     result = train_run(
-        _WORKER["task"], _WORKER["data"], convention=cell.convention, lr=cell.lr, weight_decay=cell.wd,
-        seed=cell.seed, epochs=epochs,
+        _WORKER["task"],
+        _WORKER["data"],
+        convention=cell.convention,
+        lr=cell.lr,
+        weight_decay=cell.wd,
+        seed=cell.seed,
+        epochs=epochs,
     )
     result["key"] = cell.key
     result["n_val"] = int(_WORKER["data"].val[1].numel())

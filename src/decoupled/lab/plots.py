@@ -25,10 +25,16 @@ def _plt():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({
-        "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
-        "figure.dpi": 110, "savefig.bbox": "tight",
-    })
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "figure.dpi": 110,
+            "savefig.bbox": "tight",
+        }
+    )
     return plt
 
 
@@ -80,8 +86,15 @@ def heatmaps(table: dict, found: dict, metric: str, *, percent: bool) -> bytes:
                     continue
                 v = c["test"] * scale
                 light = (v - vmin) / (vmax - vmin + 1e-12) > 0.55
-                ax.text(j, i - 0.18, f"{v:.1f}" if percent else f"{v:.3g}", ha="center", va="center",
-                        fontsize=8, color="white" if light else "black")
+                ax.text(
+                    j,
+                    i - 0.18,
+                    f"{v:.1f}" if percent else f"{v:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if light else "black",
+                )
         best = found[conv]["best"]
         bi, bj = lrs.index(best["lr"]), wds.index(best["wd"])
         ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, lw=2.6, ec="black"))
@@ -161,8 +174,14 @@ def learning_curves(curves: dict[str, dict[str, Any]], metric: str, *, percent: 
     a1.set_xlabel("epoch")
     a1.set_ylabel("training loss (mean over epoch)")
     a1.set_title("Training loss of each convention's best cell")
-    fig.legend(*a1.get_legend_handles_labels(), loc="lower center", ncol=len(curves), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, -0.08))
+    fig.legend(
+        *a1.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=len(curves),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.08),
+    )
     a2.set_xlabel("epoch")
     a2.set_ylabel(f"{metric} (%)" if percent else metric)
     a2.set_title(f"Validation {metric} (solid) and test (dashed)")

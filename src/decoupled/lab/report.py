@@ -39,7 +39,9 @@ def img(png: bytes, alt: str, caption: str = "") -> str:
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """An HTML table; cells are escaped unless they are already ``Markup``."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else esc(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -71,6 +73,6 @@ def page(title: str, subtitle: str, body: str, env: dict[str, str] | None = None
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1><p class=\"sub\">{subtitle}</p>"
+        f'<style>{_CSS}</style></head><body><h1>{esc(title)}</h1><p class="sub">{subtitle}</p>'
         f"{body}<footer>Made by <code>decoupled</code>. {foot}</footer></body></html>"
     )

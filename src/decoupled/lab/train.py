@@ -136,7 +136,9 @@ def train_run(
             final[s].setdefault("loss", math.nan)
             final[s].setdefault("error", math.nan)
     else:
-        final = {s: {k[len(s) + 1 :]: v[-1] for k, v in curves.items() if k.startswith(s + "_")} for s in ("val", "test")}
+        final = {
+            s: {k[len(s) + 1 :]: v[-1] for k, v in curves.items() if k.startswith(s + "_")} for s in ("val", "test")
+        }
     return {
         "convention": convention,
         "lr": lr,

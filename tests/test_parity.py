@@ -84,8 +84,8 @@ def test_named_parameters():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     twin.load_state_dict(model.state_dict())
-    ours = decoupled.AdamW(model.named_parameters(), lr=1e-2)
-    theirs = torch.optim.AdamW(twin.named_parameters(), lr=1e-2)
+    ours = decoupled.AdamW(model.named_parameters(), lr=1e-2, foreach=False)
+    theirs = torch.optim.AdamW(twin.named_parameters(), lr=1e-2, foreach=False)
     x = torch.randn(8, 4)
     for _ in range(5):
         for m, opt in ((model, ours), (twin, theirs)):

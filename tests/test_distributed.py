@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,17 @@ def worker(monkeypatch):
     return _dist_worker
 
 
-def _spawn(worker, kind: str, out_dir: Path) -> None:
+def _spawn(worker, kind: str, out_dir: Path, timeout_s: float) -> None:
+    """Run the workers; a worker's exception is re-raised here, a hang fails after ``timeout_s``."""
     import torch.multiprocessing as mp
 
-    mp.spawn(worker.run, args=(WORLD, _free_port(), kind, str(out_dir)), nprocs=WORLD, join=True)
+    context = mp.spawn(worker.run, args=(WORLD, _free_port(), kind, str(out_dir)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail(f"the {kind} workers did not finish within {timeout_s:.0f} s")
 
 
 def _assert_matches_single_process(worker, out_dir: Path, kind: str, backend: str) -> None:
@@ -59,20 +67,18 @@ def _assert_matches_single_process(worker, out_dir: Path, kind: str, backend: st
         )
 
 
-@pytest.mark.timeout(120)
 def test_ddp_matches_single_process_and_resumes_from_dcp(worker, tmp_path) -> None:
-    _spawn(worker, "ddp", tmp_path)
+    _spawn(worker, "ddp", tmp_path, timeout_s=120)
     _assert_matches_single_process(worker, tmp_path, "ddp", "auto")
 
 
-@pytest.mark.timeout(180)
 def test_fsdp2_dtensor_all_backends_and_dcp_resume(worker, tmp_path) -> None:
     pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
     from torch.distributed import fsdp
 
     if not hasattr(fsdp, "fully_shard"):
         pytest.skip("torch.distributed.fsdp.fully_shard (FSDP2) needs torch >= 2.6")
-    _spawn(worker, "fsdp", tmp_path)
+    _spawn(worker, "fsdp", tmp_path, timeout_s=180)
     for backend in worker.BACKENDS:
         _assert_matches_single_process(worker, tmp_path, "fsdp", backend)
 

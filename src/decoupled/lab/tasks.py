@@ -1,7 +1,7 @@
 r"""What ``decoupled compare`` and ``decoupled explain`` train: the :class:`Task` interface.
 
 A task is a model, its data split three ways (train / validation / test), and a default grid.
-The built-in tasks are registered by name (``digits``); your own task is a
+The built-in tasks are registered by name (``digits``, ``charlm``); your own task is a
 :class:`Task` subclass (or instance, or a function returning one) that ``compare`` loads from
 ``module:attr`` or ``path/to/file.py:attr``::
 
@@ -118,6 +118,9 @@ class Task:
             ``weight_decay`` (fraction lr·wd removed per step) for ``adamw``; the fraction
             removed per step at peak lr for ``adamw_indep``.
         metric: the default metric to select cells with (a key of :meth:`evaluate`'s result).
+            Every metric is lower-is-better.
+        metric_labels: how reports name a metric, for keys that are not their own label
+            (``{"bpc": "bits/char"}``); see :meth:`metric_label`.
     """
 
     name: str = "task"
@@ -132,6 +135,7 @@ class Task:
         "adamw_indep": (1e-5, 1e-4, 1e-3, 1e-2),
     }
     metric: str = "error"
+    metric_labels: Mapping[str, str] = {}
 
     # ---- what a task must provide ------------------------------------------------------------
 
@@ -179,6 +183,10 @@ class Task:
         except KeyError:
             raise ValueError(f"task {self.name!r} has no default wd grid for convention {convention!r}") from None
 
+    def metric_label(self, metric: str) -> str:
+        """The name reports give ``metric`` (``"test " + label``): its entry in ``metric_labels``, else the key."""
+        return self.metric_labels.get(metric, metric)
+
     def settings(self) -> dict[str, Any]:
         """The settings that define a run of this task (recorded with every result)."""
         return {
@@ -207,6 +215,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
 #: Built-in tasks: name -> "module:attribute".
 REGISTRY: dict[str, str] = {
     "digits": "decoupled.lab.digits:DigitsTask",
+    "charlm": "decoupled.lab.charlm:CharLMTask",
 }
 
 

@@ -119,6 +119,7 @@ def compare(
         "task": {"name": task.name, "description": task.description},
         "settings": settings,
         "metric": metric,
+        "metric_label": task.metric_label(metric),
         "grid": {"lrs": lrs, "wds": grid_wds, "conventions": conventions, "seeds": list(range(seed, seed + seeds))},
         "findings": found,
         "wall_seconds": round(wall, 2),
@@ -167,6 +168,7 @@ def _pct(x: float | None, percent: bool, std: float | None = None) -> str:
 def headline(results: dict[str, Any]) -> list[str]:
     """The two findings as plain sentences (also printed by the CLI)."""
     found, metric = results["findings"], results["metric"]
+    label = results.get("metric_label", metric)
     percent = metric == "error"
     seeds = len(results["grid"]["seeds"])
     lines = []
@@ -179,7 +181,7 @@ def headline(results: dict[str, Any]) -> list[str]:
             f"(lr {b['lr']:g}, wd {b['wd']:g})"
         )
     lines.append(
-        f"Best test {metric} per convention (cell chosen on validation, {seeds} seed{'s' * (seeds > 1)}): "
+        f"Best test {label} per convention (cell chosen on validation, {seeds} seed{'s' * (seeds > 1)}): "
         + "; ".join(parts)
         + "."
     )
@@ -207,11 +209,12 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
     from .report import Markup, esc, img, page, table
 
     found, metric = results["findings"], results["metric"]
+    label = results.get("metric_label", metric)
     percent = metric == "error"
     table_ = analysis.cell_table(runs, metric)
-    heat = plots.heatmaps(table_, found, metric, percent=percent)
+    heat = plots.heatmaps(table_, found, label, percent=percent)
     slope_png = plots.best_wd_vs_lr(found)
-    curves_png = plots.learning_curves(_best_curves(runs, found), metric, percent=percent)
+    curves_png = plots.learning_curves(_best_curves(runs, found), metric, percent=percent, label=label)
     for name, png in [("heatmaps.png", heat), ("best_wd.png", slope_png), ("curves.png", curves_png)]:
         (out / name).write_bytes(png)
 
@@ -223,7 +226,7 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
             f'<p class="warn">The best weight decay lies on the edge of the grid for {esc(", ".join(edge))}: '
             f"widen that axis (<code>--wd-...</code>) to locate it, or read its slope as a bound.</p>"
         )
-    body.append("<h2>Test " + esc(metric) + " over the grid</h2>")
+    body.append("<h2>Test " + esc(label) + " over the grid</h2>")
     body.append(
         img(
             heat,
@@ -231,7 +234,7 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
             (
                 "Each panel trains the same model from the same initial weights and batches; only the weight-decay "
                 "convention and the (lr, wd) cell change. Colour and number: test "
-                + esc(metric)
+                + esc(label)
                 + (" in %" if percent else "")
                 + " (mean over seeds). <b>Black frame</b>: the cell chosen on the "
                 "validation split. <b>White dots</b>: the best wd at each lr (on validation, by the one-standard-error rule: "
@@ -270,7 +273,7 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
     body.append("<h2>Best cells</h2>")
     body.append(
         table(
-            ["convention", "lr", "wd", f"val {metric}", f"test {metric}", "slope", "best wd per lr (low→high lr)"], rows
+            ["convention", "lr", "wd", f"val {label}", f"test {label}", "slope", "best wd per lr (low→high lr)"], rows
         )
     )
     body.append("<h2>Learning curves of the best cells</h2>")

@@ -52,7 +52,7 @@ def _fmt(x: float) -> str:
 
 
 def heatmaps(table: dict, found: dict, metric: str, *, percent: bool) -> bytes:
-    """One panel per convention: test ``metric`` over (lr rows, wd columns).
+    """One panel per convention: test ``metric`` (its label, for the colour bar) over (lr rows, wd columns).
 
     The validation-selected best cell has a black frame; each lr's best wd a white dot.
     Diverged cells are grey with a cross. All panels share one colour scale.
@@ -157,9 +157,15 @@ def best_wd_vs_lr(found: dict) -> bytes:
     return to_png(fig)
 
 
-def learning_curves(curves: dict[str, dict[str, Any]], metric: str, *, percent: bool) -> bytes:
-    """Training loss and validation/test ``metric`` per epoch for each convention's best cell."""
+def learning_curves(
+    curves: dict[str, dict[str, Any]], metric: str, *, percent: bool, label: str | None = None
+) -> bytes:
+    """Training loss and validation/test ``metric`` per epoch for each convention's best cell.
+
+    ``label`` names the metric on the axes (default: the key ``metric``).
+    """
     plt = _plt()
+    label = label or metric
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.7))
     scale = 100.0 if percent else 1.0
     for i, (conv, c) in enumerate(curves.items()):
@@ -183,8 +189,8 @@ def learning_curves(curves: dict[str, dict[str, Any]], metric: str, *, percent: 
         bbox_to_anchor=(0.5, -0.08),
     )
     a2.set_xlabel("epoch")
-    a2.set_ylabel(f"{metric} (%)" if percent else metric)
-    a2.set_title(f"Validation {metric} (solid) and test (dashed)")
+    a2.set_ylabel(f"{label} (%)" if percent else label)
+    a2.set_title(f"Validation {label} (solid) and test (dashed)")
     vals = [v * scale for c in curves.values() for k in (f"val_{metric}", f"test_{metric}") for v in c.get(k, [])]
     if vals:
         lo = min(vals)

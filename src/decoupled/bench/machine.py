@@ -60,6 +60,51 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    line = (_read("/proc/stat") or "").split("\n", 1)[0]
+    if not line.startswith("cpu "):
+        return None
+    values = [int(x) for x in line.split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class OtherLoad:
+    """How busy *other* processes kept the CPUs between :meth:`start` and :meth:`stop`.
+
+    All CPUs' busy time from /proc/stat minus this process's own CPU time, as a fraction of
+    the CPUs' total time: 0 on a quiet machine, 1 when other work filled every core.
+    """
+
+    def start(self) -> OtherLoad:
+        self._jiffies, self._own = _cpu_jiffies(), _own_cpu_seconds()
+        return self
+
+    def stop(self) -> float | None:
+        end, own = _cpu_jiffies(), _own_cpu_seconds()
+        if self._jiffies is None or end is None:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (end[0] - self._jiffies[0]) / hz
+        total = (end[1] - self._jiffies[1]) / hz
+        return round(max(0.0, busy - (own - self._own)) / total, 3) if total > 0 else None
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def other_load(seconds: float = 1.0) -> float | None:
+    """:class:`OtherLoad` over ``seconds`` of this process sleeping."""
+    import time
+
+    probe = OtherLoad().start()
+    time.sleep(seconds)
+    return probe.stop()
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

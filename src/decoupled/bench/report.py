@@ -117,11 +117,13 @@ def markdown(result: dict) -> str:
         f"Software: Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v and k != "torch")
         + f"; decoupled commit {m.get('decoupled_commit')}.",
-        f"Date: {m['date']}. Load average before / after: {m.get('load_average')} / {m.get('load_average_after')}."
-        + (f" **Warning: {m['busy_warning']}**" if m.get("busy_warning") else ""),
+        f"Date: {m['date']}. Load average before / after: {m.get('load_average')} / {m.get('load_average_after')}; "
+        f"CPU share used by other processes just before / during the run: {m.get('other_load_before')} / "
+        f"{m.get('other_load_during')}." + (f" **Warning: {m['busy_warning']}**" if m.get("busy_warning") else ""),
         "",
-        f"Measured bandwidth: copy {bw['before']['copy_gbs']:.1f} GB/s, triad {bw['before']['triad_gbs']:.1f} GB/s "
-        f"(again at the end: copy {bw['after']['copy_gbs']:.1f}, triad {bw['after']['triad_gbs']:.1f}); "
+        f"Measured bandwidth: copy {bw['before']['copy_gbs']:.1f} GB/s, triad {bw['before']['triad_gbs']:.1f} GB/s, "
+        f"in-place update {bw['before']['update_gbs']:.1f} GB/s (again at the end: {bw['after']['copy_gbs']:.1f}, "
+        f"{bw['after']['triad_gbs']:.1f}, {bw['after']['update_gbs']:.1f}); "
         f"bound used for '% bw': {bw['bound_gbs']:.1f} GB/s.",
         "",
         f"'vs fused' is the time of `{REFERENCE}` (same size, layout, dtype) divided by the row's time: "
@@ -210,7 +212,8 @@ def print_summary(result: dict) -> None:
         console = Console(width=160)
     bw = result["bandwidth"]
     console.print(
-        f"bandwidth: copy {bw['before']['copy_gbs']:.1f} GB/s, triad {bw['before']['triad_gbs']:.1f} GB/s "
+        f"bandwidth: copy {bw['before']['copy_gbs']:.1f} GB/s, triad {bw['before']['triad_gbs']:.1f} GB/s, "
+        f"update {bw['before']['update_gbs']:.1f} GB/s "
         f"(bound {bw['bound_gbs']:.1f} GB/s); reference: {REFERENCE}"
     )
     for case in cases(result["rows"]):

@@ -66,15 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time only contenders whose name contains one of these comma-separated words "
         "(the reference is always kept)",
     )
-    parser.add_argument("--repeats", type=int, default=30, help="most timed steps per contender and case")
-    parser.add_argument("--min-repeats", type=int, default=7, help="fewest timed steps per contender and case")
+    parser.add_argument("--repeats", type=int, default=20, help="most timed steps per contender and case")
+    parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per contender and case")
     parser.add_argument(
         "--budget",
         type=float,
-        default=3.0,
+        default=2.0,
         help="seconds of timed steps per contender and case (between the two limits above)",
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one allocates the state)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one allocates the state)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the contenders")
     parser.add_argument(
         "--sequential", action="store_true", help="time contenders one after the other instead of interleaved"
@@ -116,11 +116,14 @@ def _selected(contenders: list[peers.Contender], only: str | None) -> list[peers
 
 
 def _state_fits(params, contenders, available: int | None) -> bool:
-    """Whether every contender's state (3 tensors of the parameter's size, generously) fits at once."""
+    """Whether every contender's state fits at once: two moments of the parameters' size each (a
+    third for optimi's Kahan buffer), the parameters and gradients, and two more for the temporaries
+    of the foreach implementations, within 60% of the available memory."""
     if available is None:
         return True
     nbytes = sum(p.numel() * p.element_size() for p in params)
-    return nbytes * (2 + 4 * len(contenders)) < 0.6 * available
+    per_contender = [3 if c.family == "optimi" and c.dtype != torch.float32 else 2 for c in contenders]
+    return nbytes * (4 + sum(per_contender)) < 0.6 * available
 
 
 def _row(case: dict, c: peers.Contender, result: Timing | str | None) -> dict:
@@ -184,20 +187,22 @@ def run(args: argparse.Namespace) -> int:
 
     info = machine.describe(device)
     info["command"] = command_line(args)
-    load = info.get("load_average")
-    if device.type == "cpu" and load and load[0] > 0.5:
+    before = machine.other_load(0.5 if args.quick else 2.0)
+    info["other_load_before"] = before
+    if device.type == "cpu" and before is not None and before > 0.2:
         info["busy_warning"] = (
-            f"the machine was busy before the run (1-minute load average {load[0]} on {info['nproc']} cores): "
-            "other processes compete for the cores and memory bandwidth, so times are noisy"
+            f"other processes kept {before:.0%} of the CPUs busy just before the run: they compete for "
+            "the cores and memory bandwidth, so times are noisy"
         )
         print(f"decoupled bench: warning: {info['busy_warning']}", file=sys.stderr)
+    during = machine.OtherLoad().start()
 
     contenders = _selected(peers.all_contenders(device, [DTYPES[d] for d in dtype_names]), args.only)
     cases = [(n, lay, dt) for n in sizes for lay in layout_names for dt in dtype_names]
     progress = report.Progress(len(cases) + 2, enabled=not args.no_progress)
 
     with progress:
-        progress.update("bandwidth (copy, triad)")
+        progress.update("bandwidth (copy, triad, update)")
         bw_before = bandwidth.measure(device, elements=args.bandwidth_elements)
         progress.advance()
         rows = []
@@ -241,6 +246,11 @@ def run(args: argparse.Namespace) -> int:
     bound = max(bw_before.bound_gbs, bw_after.bound_gbs)
     report.add_ratios(rows, bound)
     info["load_average_after"] = machine.load_average()
+    info["other_load_during"] = during.stop()
+    if device.type == "cpu" and (info["other_load_during"] or 0) > 0.2:
+        warning = f"other processes kept {info['other_load_during']:.0%} of the CPUs busy during the run"
+        info["busy_warning"] = "; ".join(filter(None, [info.get("busy_warning"), warning]))
+        print(f"decoupled bench: warning: {warning}; times are noisy", file=sys.stderr)
     result = {
         "machine": info,
         "bandwidth": {"before": bw_before.to_json(), "after": bw_after.to_json(), "bound_gbs": bound},

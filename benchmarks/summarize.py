@@ -1,0 +1,91 @@
+"""Write ``benchmarks/RESULTS.md`` (the README's table) from a recorded ``results.json``.
+
+    python benchmarks/summarize.py benchmarks/results/cpu-2core/results.json > benchmarks/RESULTS.md
+
+One compact table: for every size and layout, the step time of each implementation at fp32
+(and bf16 below), its ratio to ``torch.optim.AdamW(fused=True)`` measured side by side in the
+same run, its effective GB/s and the share of the measured bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+ROWS = [  # (name in results.json, label in the table)
+    ("decoupled.AdamW()", "`decoupled.AdamW` (auto)"),
+    ("decoupled backend=fused", "`decoupled` fused"),
+    ("decoupled backend=foreach", "`decoupled` foreach"),
+    ("decoupled backend=loop", "`decoupled` loop"),
+    ("torch.optim.AdamW(fused=True)", "`torch.optim.AdamW(fused=True)`"),
+    ("torch.optim.AdamW(foreach=True)", "`torch.optim.AdamW(foreach=True)`"),
+    ("torch.optim.AdamW(foreach=False)", "`torch.optim.AdamW(foreach=False)`"),
+    ("optimi.AdamW(foreach)", "`optimi.AdamW` (foreach)"),
+    ("optimi.AdamW(for-loop)", "`optimi.AdamW` (for-loop)"),
+]
+
+
+def table(result: dict, dtype: str) -> list[str]:
+    rows = [r for r in result["rows"] if r["dtype"] == dtype and r["status"] == "ok"]
+    cases = list(dict.fromkeys((r["size"], r["layout"], r["numel"], r["tensors"]) for r in rows))
+    head = "| implementation | " + " | ".join(
+        f"{size} {'1 tensor' if tensors == 1 else f'GPT-2 ({tensors} tensors)'}" for size, _, _, tensors in cases
+    )
+    lines = [head + " |", "|---|" + "---|" * len(cases)]
+    for name, label in ROWS:
+        cells = []
+        for size, layout, _, _ in cases:
+            r = next((x for x in rows if (x["name"], x["size"], x["layout"]) == (name, size, layout)), None)
+            if r is None:
+                cells.append("-")
+                continue
+            cells.append(
+                f"{r['ms']:.1f} ms, **{r['ratio_vs_fused']:.2f}x**, {r['effective_gbs']:.0f} GB/s ({r['pct_of_bandwidth']:.0f}%)"
+            )
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(path: str) -> str:
+    result = json.loads(open(path).read())
+    m, bw = result["machine"], result["bandwidth"]
+    out = [
+        "# Benchmark results",
+        "",
+        "One `optimizer.step()` of AdamW (lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),",
+        "median of many after warm-up, every implementation stepping the same parameters, interleaved",
+        "in rounds so that a slower moment of the machine hits all of them alike. Each cell: median",
+        "ms/step, **the ratio to `torch.optim.AdamW(fused=True)` in the same run** (above 1 is faster),",
+        "effective GB/s (ideal bytes of the format per parameter x parameters / time: 28 B for fp32,",
+        "14 B for bf16) and its share of the measured memory bandwidth.",
+        "",
+        f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib'].get('MemTotal')} GiB, caches {m.get('caches')}. "
+        f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, optimi {m['versions'].get('optimi')}. "
+        f"{m['date']}.",
+        f"Measured bandwidth in the same run: copy {bw['before']['copy_gbs']:.1f} GB/s, triad "
+        f"{bw['before']['triad_gbs']:.1f} GB/s (at the end: {bw['after']['copy_gbs']:.1f} / "
+        f"{bw['after']['triad_gbs']:.1f}); bound used: {bw['bound_gbs']:.1f} GB/s.",
+        f"Other processes' CPU share before / during the run: {m.get('other_load_before')} / {m.get('other_load_during')}."
+        + (f" **{m['busy_warning']}.**" if m.get("busy_warning") else ""),
+        "",
+        f"Command: `{m['command']}`",
+        f"(full tables, spreads and the plot: `{path.rsplit('/', 1)[0]}/results.md`, `results.png`).",
+        "",
+        "## fp32 parameters and state",
+        "",
+        *table(result, "fp32"),
+        "",
+    ]
+    if any(r["dtype"] == "bf16" for r in result["rows"]):
+        out += ["## bf16 parameters and state (ratio to torch's fused at bf16)", "", *table(result, "bf16"), ""]
+    if result.get("skipped"):
+        out += [
+            "Not timed: " + "; ".join(f"{n} ({why.split('(')[0].strip()})" for n, why in result["skipped"]) + ".",
+            "",
+        ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(main(sys.argv[1]))

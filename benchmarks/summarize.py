@@ -39,9 +39,8 @@ def table(result: dict, dtype: str) -> list[str]:
             if r is None:
                 cells.append("-")
                 continue
-            cells.append(
-                f"{r['ms']:.1f} ms, **{r['ratio_vs_fused']:.2f}x**, {r['effective_gbs']:.0f} GB/s ({r['pct_of_bandwidth']:.0f}%)"
-            )
+            ratio, gbs, pct = r["ratio_vs_fused"], r["effective_gbs"], r["pct_of_bandwidth"]
+            cells.append(f"{r['ms']:.1f} ms, **{ratio:.2f}x**, {gbs:.0f} GB/s ({pct:.0f}%)")
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -60,13 +59,17 @@ def main(path: str) -> str:
         "effective GB/s (ideal bytes of the format per parameter x parameters / time: 28 B for fp32,",
         "14 B for bf16) and its share of the measured memory bandwidth.",
         "",
-        f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib'].get('MemTotal')} GiB, caches {m.get('caches')}. "
-        f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, optimi {m['versions'].get('optimi')}. "
+        f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib'].get('MemTotal')} GiB, "
+        f"caches {m.get('caches')}. "
+        f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, "
+        f"optimi {m['versions'].get('optimi')}. "
         f"{m['date']}.",
         f"Measured bandwidth in the same run: copy {bw['before']['copy_gbs']:.1f} GB/s, triad "
-        f"{bw['before']['triad_gbs']:.1f} GB/s (at the end: {bw['after']['copy_gbs']:.1f} / "
-        f"{bw['after']['triad_gbs']:.1f}); bound used: {bw['bound_gbs']:.1f} GB/s.",
-        f"Other processes' CPU share before / during the run: {m.get('other_load_before')} / {m.get('other_load_during')}."
+        f"{bw['before']['triad_gbs']:.1f} GB/s, in-place update {bw['before'].get('update_gbs', 0):.1f} GB/s "
+        f"(at the end: {bw['after']['copy_gbs']:.1f} / {bw['after']['triad_gbs']:.1f} / "
+        f"{bw['after'].get('update_gbs', 0):.1f}); bound used (the fastest): {bw['bound_gbs']:.1f} GB/s.",
+        "Other processes' CPU share before / during the run: "
+        f"{m.get('other_load_before')} / {m.get('other_load_during')}."
         + (f" **{m['busy_warning']}.**" if m.get("busy_warning") else ""),
         "",
         f"Command: `{m['command']}`",

@@ -61,7 +61,9 @@ def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> 
 
 
 def measure(device: str | torch.device = "cpu", elements: int = 64 * 2**20, repeats: int = 10) -> Bandwidth:
-    """Copy, triad and in-place update bandwidth on ``device`` over float32 arrays of ``elements`` (default 256 MB each)."""
+    """Copy, triad and in-place update bandwidth on ``device``.
+
+    Over float32 arrays of ``elements`` (default 64M: 256 MB each, beyond the caches)."""
     device = torch.device(device)
     a = torch.empty(elements, dtype=torch.float32, device=device)
     b = torch.rand(elements, dtype=torch.float32, device=device)

@@ -114,3 +114,18 @@ def test_tiny_compare_labels_bits_per_char(tmp_path):
     assert "val bits/char" in html and "error" not in html.split("Best test")[1].split(".")[0]
     assert "data:image/png;base64," in html
     assert data["settings"]["text_chars"] == len(load_text()) and data["settings"]["d_model"] == 16
+
+
+def test_learning_curves_name_the_metric_by_its_label(monkeypatch):
+    from decoupled.lab import plots
+
+    seen = {}
+
+    def capture(fig):
+        seen["ylabel"], seen["title"] = fig.axes[1].get_ylabel(), fig.axes[1].get_title()
+        return b""
+
+    monkeypatch.setattr(plots, "to_png", capture)
+    curves = {"adamw": {"epoch": [1, 2], "lr": 1e-2, "wd": 0.1, "train_loss": [2.0, 1.8], "val_bpc": [3.0, 2.5]}}
+    plots.learning_curves(curves, "bpc", percent=False, label="bits/char")
+    assert seen == {"ylabel": "bits/char", "title": "Validation bits/char (solid) and test (dashed)"}

@@ -165,15 +165,15 @@ def learning_curves(
     ``label`` names the metric on the axes (default: the key ``metric``).
     """
     plt = _plt()
-    label = label or metric
+    name = label or metric
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.7))
     scale = 100.0 if percent else 1.0
     for i, (conv, c) in enumerate(curves.items()):
         col = color(conv, i)
-        label = f"{CONVENTIONS.get(conv, conv)} (lr {c['lr']:g}, wd {c['wd']:g})"
-        a1.plot(c["epoch"], c["train_loss"], color=col, lw=1.8, label=label)
+        legend = f"{CONVENTIONS.get(conv, conv)} (lr {c['lr']:g}, wd {c['wd']:g})"
+        a1.plot(c["epoch"], c["train_loss"], color=col, lw=1.8, label=legend)
         if f"val_{metric}" in c:
-            a2.plot(c["epoch"], np.array(c[f"val_{metric}"]) * scale, color=col, lw=1.8, label=label)
+            a2.plot(c["epoch"], np.array(c[f"val_{metric}"]) * scale, color=col, lw=1.8, label=legend)
         if f"test_{metric}" in c:
             a2.plot(c["epoch"], np.array(c[f"test_{metric}"]) * scale, color=col, lw=1.2, ls="--", alpha=0.7)
     a1.set_yscale("log")
@@ -189,8 +189,8 @@ def learning_curves(
         bbox_to_anchor=(0.5, -0.08),
     )
     a2.set_xlabel("epoch")
-    a2.set_ylabel(f"{label} (%)" if percent else label)
-    a2.set_title(f"Validation {label} (solid) and test (dashed)")
+    a2.set_ylabel(f"{name} (%)" if percent else name)
+    a2.set_title(f"Validation {name} (solid) and test (dashed)")
     vals = [v * scale for c in curves.values() for k in (f"val_{metric}", f"test_{metric}") for v in c.get(k, [])]
     if vals:
         lo = min(vals)

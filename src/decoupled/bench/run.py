@@ -81,7 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sequential", action="store_true", help="time contenders one after the other instead of interleaved"
     )
     parser.add_argument(
-        "--bandwidth-elements", type=int, default=64 * 2**20, help="float32 elements per array of the bandwidth test"
+        "--bandwidth-elements",
+        type=int,
+        default=256 * 2**20,
+        help="float32 elements per array of the bandwidth test (1 GiB: well beyond the caches)",
     )
     parser.add_argument(
         "--quick",

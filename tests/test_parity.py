@@ -139,3 +139,33 @@ def test_closure_is_called_and_loss_returned():
     assert opt.step(closure).item() == pytest.approx(3.0)
     assert w[0].item() == pytest.approx(1 - 0.1 * 0.01)  # zero gradient: only decayed
     assert w[2].item() == pytest.approx((1 - 0.1 * 0.01) - 0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend, flags", [("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})])
+def test_backend_option_runs_that_backend(backend, flags):
+    """backend= names a backend directly; it is an execution choice, not saved in the state dict."""
+    a, b = run_side_by_side(
+        lambda ps: decoupled.AdamW(two_groups(ps, 0.1), backend=backend),
+        lambda ps: torch.optim.AdamW(two_groups(ps, 0.1), **flags),
+        make_params("edge", torch.float32),
+        steps=10,
+    )
+    ga, gb = a.state_dict()["param_groups"], b.state_dict()["param_groups"]
+    assert [list(g) for g in ga] == [list(g) for g in gb]  # same keys: no "backend" saved
+
+
+def test_backend_option_errors():
+    with pytest.raises(ValueError, match=r"unknown backend 'turbo'; choose one of \['auto', 'loop'"):
+        decoupled.AdamW([torch.ones(2, requires_grad=True)], backend="turbo")
+    with pytest.raises(ValueError, match="both choose the backend; pass one of them"):
+        decoupled.Adam([torch.ones(2, requires_grad=True)], backend="loop", fused=True)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from decoupled import functional, optim
+
+    for module in (functional, optim):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -27,7 +27,7 @@ import torch
 from . import backends
 from .rule import Decay, group_coefficients
 
-__all__ = ["adamw", "adam"]
+__all__ = ["adamw", "adam", "run"]
 
 
 def adamw(
@@ -84,7 +84,51 @@ def adamw(
     for name, values in lists.items():
         if len(values) != n:
             raise ValueError(f"{name} has {len(values)} tensors but params has {n}; pass one per parameter")
-    name = backends.resolve(backend, params, differentiable=differentiable)
+    run(
+        backends.resolve(backend, params, differentiable=differentiable),
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decay=decay,
+        lr_max=lr_max,
+        differentiable=differentiable,
+    )
+
+
+def run(
+    backend: str,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    max_exp_avg_sqs: Sequence[torch.Tensor],
+    state_steps: Sequence[torch.Tensor],
+    *,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decay: Decay | str,
+    lr_max: float | None,
+    differentiable: bool,
+) -> None:
+    """:func:`adamw` on a backend the caller already resolved, without re-checking the lists.
+
+    The optimizer classes call this once per group after checking everything up front.
+    """
     c = group_coefficients(
         lr=float(lr),
         beta1=float(beta1),
@@ -97,8 +141,8 @@ def adamw(
         maximize=maximize,
     )
     torch._foreach_add_(list(state_steps), 1.0)  # one call, not one op per tensor
-    backends.BACKENDS[name](
-        params,
+    backends.BACKENDS[backend](
+        list(params),
         list(grads),
         list(exp_avgs),
         list(exp_avg_sqs),

@@ -56,7 +56,16 @@ class _AdamFamily(Optimizer):
         decoupled_weight_decay: bool,
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
+        backend: str | None = None,
     ) -> None:
+        if backend is not None:
+            if backend not in ("auto", *backends.BACKENDS):
+                raise ValueError(f"unknown backend {backend!r}; choose one of {['auto', *backends.BACKENDS]}")
+            if foreach or fused:
+                raise ValueError(
+                    f"backend={backend!r} and torch's foreach/fused flags both choose the backend; pass one of them"
+                )
+        self.backend = backend
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
             betas = (_scalar(betas[0]), _scalar(betas[1]))
         defaults: dict[str, Any] = {
@@ -144,28 +153,29 @@ class _AdamFamily(Optimizer):
 
     # ---- the step --------------------------------------------------------------------------
 
-    def _params_with_grad(self, index: int, group: dict[str, Any]) -> list[torch.Tensor]:
-        """The group's parameters that have a gradient, after checking them and their backend."""
+    def _params_with_grad(self, index: int, group: dict[str, Any]) -> tuple[list[torch.Tensor], str]:
+        """The group's parameters that have a gradient, checked, and the backend that will run them."""
         check_group(group, where=f"param group {index}")
-        names = group.get("param_names")
         out = []
         for j, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
-            what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
             if grad.is_sparse:
+                names = group.get("param_names")
+                what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients ({what}, shape "
                     f"{tuple(p.shape)}). Use torch.optim.SparseAdam for that parameter, or build the "
                     f"embedding with sparse=False."
                 )
             out.append(p)
-        backends.resolve(self._backend(group), out, differentiable=group["differentiable"])
-        return out
+        return out, backends.resolve(self._backend(group), out, differentiable=group["differentiable"])
 
-    @staticmethod
-    def _backend(group: dict[str, Any]) -> str:
+    def _backend(self, group: dict[str, Any]) -> str:
+        """The backend asked for: ``backend=`` if given, else what torch's flags mean."""
+        if self.backend is not None:
+            return self.backend
         if group["fused"]:
             return "fused"
         if group["foreach"]:
@@ -192,12 +202,13 @@ class _AdamFamily(Optimizer):
                 loss = closure()
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
             todo = [self._params_with_grad(i, g) for i, g in enumerate(self.param_groups)]
-            for group, params in zip(self.param_groups, todo):
+            for group, (params, backend) in zip(self.param_groups, todo):
                 if not params:
                     continue
                 states = [self._init_state(group, p) for p in params]
                 beta1, beta2 = group["betas"]
-                functional.adamw(
+                functional.run(
+                    backend,
                     params,
                     [p.grad for p in params],  # type: ignore[misc]  # all not None
                     [s["exp_avg"] for s in states],
@@ -213,7 +224,6 @@ class _AdamFamily(Optimizer):
                     maximize=group["maximize"],
                     decay=self._decay(group),
                     lr_max=group.get("lr_max"),
-                    backend=self._backend(group),
                     differentiable=group["differentiable"],
                 )
         return loss
@@ -262,6 +272,9 @@ class AdamW(_AdamFamily):
             keys ``lr_independent_decay`` and ``lr_max`` to the param groups.
         lr_max: :math:`\gamma_{max}` for ``lr_independent_decay``; by default each group's lr
             at construction.
+        backend: run a named backend of :mod:`decoupled.backends` (``"loop"``, ``"foreach"``,
+            ``"fused"``, ``"triton"``, or ``"auto"``) instead of choosing by ``foreach``/``fused``.
+            An execution choice, not state: it is not saved in ``state_dict()``.
 
     Example:
         >>> import torch, decoupled
@@ -291,6 +304,7 @@ class AdamW(_AdamFamily):
         fused: bool | None = None,
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -307,6 +321,7 @@ class AdamW(_AdamFamily):
             decoupled_weight_decay=True,
             lr_independent_decay=lr_independent_decay,
             lr_max=lr_max,
+            backend=backend,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -328,7 +343,7 @@ class Adam(_AdamFamily):
     comparing the two (``decoupled compare``, ``decoupled explain``).
 
     Same signature and defaults as ``torch.optim.Adam`` (``weight_decay=0``); with
-    ``decoupled_weight_decay=True`` it is :class:`AdamW`.
+    ``decoupled_weight_decay=True`` it is :class:`AdamW`. ``backend`` is as in :class:`AdamW`.
     """
 
     _default_decoupled = False
@@ -348,6 +363,7 @@ class Adam(_AdamFamily):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -362,6 +378,7 @@ class Adam(_AdamFamily):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
+            backend=backend,
         )
 
 

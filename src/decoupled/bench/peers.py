@@ -53,18 +53,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _pinned(name: str) -> type[torch.optim.Optimizer]:
-    """``decoupled.AdamW`` forced onto backend ``name`` (for backends without a constructor flag)."""
-
-    class Pinned(decoupled.AdamW):
-        @staticmethod
-        def _backend(group):  # noqa: ARG004 - signature of _AdamFamily._backend
-            return name
-
-    Pinned.__name__ = Pinned.__qualname__ = f"AdamW[{name}]"
-    return Pinned
-
-
 def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
     """One row per registered backend (and ``auto``) and parameter dtype."""
     out = []
@@ -82,13 +70,12 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
         )
         for name in backends.BACKENDS:
             reason = backends.unsupported_reason(name, probe[dt], differentiable=False)
-            cls = _pinned(name)
             out.append(
                 Contender(
                     f"decoupled backend={name}",
                     "decoupled",
                     dt,
-                    lambda ps, cls=cls: cls(ps, **HYPER),
+                    lambda ps, name=name: decoupled.AdamW(ps, backend=name, **HYPER),
                     skip=reason,
                 )
             )

@@ -72,7 +72,8 @@ def _tables(lists: list[list[torch.Tensor]], device: torch.device) -> tuple[torc
         _CACHE.move_to_end(key)
         return hit
     numels = [t.numel() for t in lists[0]]
-    block_tensor, block_start = [], []
+    block_tensor: list[int] = []
+    block_start: list[int] = []
     for i, n in enumerate(numels):
         starts = range(0, n, BLOCK)
         block_tensor += [i] * len(starts)
@@ -181,9 +182,10 @@ def step(
     for i, (p, s) in enumerate(zip(params, _steps(state_steps))):
         if p.numel() == 0:
             continue
-        groups[(p.device, *(ts[i].dtype for ts in lists), s)].append(i)
+        key = (p.device, *(ts[i].dtype for ts in lists), s)
+        groups[key].append(i)
     for key, indices in groups.items():
-        neg_step_size, bias_correction2_sqrt = step_coefficients(c, key[-1])
+        neg_step_size, bias_correction2_sqrt = step_coefficients(c, float(key[-1]))
         chosen = [[_real(ts[i]) for i in indices] for ts in lists]
         # the kernel walks memory linearly: non-contiguous tensors go through contiguous copies
         copies = []

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from collections import OrderedDict, defaultdict
 
+from typing import cast
+
 import torch
 
 from ..rule import GroupCoefficients, step_coefficients
@@ -185,7 +187,7 @@ def step(
         key = (p.device, *(ts[i].dtype for ts in lists), s)
         groups[key].append(i)
     for key, indices in groups.items():
-        neg_step_size, bias_correction2_sqrt = step_coefficients(c, float(key[-1]))
+        neg_step_size, bias_correction2_sqrt = step_coefficients(c, cast(float, key[-1]))
         chosen = [[_real(ts[i]) for i in indices] for ts in lists]
         # the kernel walks memory linearly: non-contiguous tensors go through contiguous copies
         copies = []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, defaultdict
-
 from typing import cast
 
 import torch

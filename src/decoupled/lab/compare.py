@@ -34,7 +34,7 @@ from typing import Any
 
 from . import analysis, plots, report
 from .grid import RunStore, make_cells, run_cells
-from .tasks import CONVENTIONS, Task, load_task
+from .tasks import CONVENTIONS, REGISTRY, Task, load_task
 
 
 def compare(
@@ -329,7 +329,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default="digits",
-        help="built-in task (digits), 'package.module:Attr' or 'path/to/file.py:Attr' (default: digits)",
+        help=f"built-in task ({', '.join(REGISTRY)}), 'package.module:Attr' or 'path/to/file.py:Attr' "
+        "(default: digits)",
     )
     p.add_argument("--out", default=None, help="output folder (default: compare-<task>); rerun to resume")
     p.add_argument("--lrs", type=_floats, help="peak learning rates, comma-separated (default: the task's)")

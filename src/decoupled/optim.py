@@ -91,6 +91,7 @@ class _AdamFamily(Optimizer):
                 "PyTorch's AdamW (decay lr * weight_decay per step)"
             )
         check_group({**defaults, "lr_max": lr_max or 1.0})
+        self._checked: dict[int, tuple] = {}  # group index -> hyperparameters last checked at step()
         super().__init__(params, defaults)
 
     # ---- groups and state ------------------------------------------------------------------
@@ -155,7 +156,10 @@ class _AdamFamily(Optimizer):
 
     def _params_with_grad(self, index: int, group: dict[str, Any]) -> tuple[list[torch.Tensor], str]:
         """The group's parameters that have a gradient, checked, and the backend that will run them."""
-        check_group(group, where=f"param group {index}")
+        hyper = (group["lr"], group["betas"], group["eps"], group["weight_decay"], group.get("lr_max"))
+        if any(isinstance(h, torch.Tensor) for h in (hyper[0], *hyper[1])) or self._checked.get(index) != hyper:
+            check_group(group, where=f"param group {index}")  # only when a value changed (a schedule)
+            self._checked[index] = hyper
         out = []
         for j, p in enumerate(group["params"]):
             grad = p.grad

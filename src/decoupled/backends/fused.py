@@ -9,16 +9,19 @@ the kernel applies ``theta *= 1 - lr * wd``, and the coefficients give ``wd = de
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..rule import GroupCoefficients
 from .foreach import group_by_device_and_dtype
 
 
-def _supported_devices() -> list[str]:
+@functools.cache
+def _supported_devices() -> tuple[str, ...]:
     from torch.optim import optimizer as torch_optimizer
 
-    return list(torch_optimizer._get_fused_kernels_supported_devices())
+    return tuple(torch_optimizer._get_fused_kernels_supported_devices())
 
 
 def unsupported_reason(params) -> str | None:
@@ -28,7 +31,7 @@ def unsupported_reason(params) -> str | None:
         if not dtype.is_floating_point:
             return f"the fused backend needs floating-point parameters, got {dtype} (use foreach for complex ones)"
         if device not in devices:
-            return f"the fused backend runs on {devices}, got a parameter on {device}"
+            return f"the fused backend runs on {list(devices)}, got a parameter on {device}"
     return None
 
 

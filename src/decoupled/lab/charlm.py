@@ -25,8 +25,8 @@ regularizer, which is what ``compare`` varies. Initialization as GPT-2: weights
 :math:`\mathcal N(0, 0.02^2)`, residual output projections scaled by :math:`1/\sqrt{2 n_{layer}}`,
 biases zero. Defaults: context 64, ``d_model`` 64, 2 layers of 4 heads, about 110k parameters.
 
-Weight decay follows the lab's rule (:func:`decoupled.lab.train.decay_groups`): every tensor
-with two or more dimensions decays, i.e. the attention and MLP matrices *and* the token and
+Weight decay follows the lab's rule (:func:`decoupled.param_groups` with its defaults): every
+matrix decays, i.e. the attention and MLP matrices *and* the token and
 position embeddings (as in nanoGPT's ``configure_optimizers``; the tied token embedding is the
 output layer too); biases and LayerNorm gains and shifts do not.
 

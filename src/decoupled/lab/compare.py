@@ -174,7 +174,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     lines = []
     ranked = sorted(found.items(), key=lambda kv: math.inf if kv[1]["best"]["test"] is None else kv[1]["best"]["test"])
     parts = []
-    for conv, f in ranked:
+    for _, f in ranked:
         b = f["best"]
         parts.append(
             f"{f['label']}: {_pct(b['test'], percent, b['test_std'] if seeds > 1 else None)} "

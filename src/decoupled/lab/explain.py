@@ -119,7 +119,7 @@ def explain(
         per_conv[conv] = {"tensors": tensors, "norms": all_norms, "result": result, "wd": wds[conv]}
 
     summary = _summarize(per_conv)
-    reading = _reading(summary, lr, wds)
+    reading = _reading(summary, wds, task)
     (out / "explain.json").write_text(
         json.dumps(
             {
@@ -167,7 +167,7 @@ def _summarize(per_conv: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def _reading(summary: dict[str, Any], lr: float, wds: dict[str, float]) -> list[str]:
+def _reading(summary: dict[str, Any], wds: dict[str, float], task: Task) -> list[str]:
     a, w = summary["adam_l2"], summary["adamw"]
     spread = a["decay_p90"] / max(a["decay_p10"], 1e-300)
     dec = a["decay_by_rms_decile"]
@@ -175,16 +175,20 @@ def _reading(summary: dict[str, Any], lr: float, wds: dict[str, float]) -> list[
     lines = [
         f"AdamW removed the same fraction of every decayed weight: {w['decay_median']:.2e} per step on average "
         f"(lr·wd, following the schedule).",
-        f"Adam + L2 (wd {wds['adam_l2']:g}) did not: the middle 80% of weights got between {a['decay_p10']:.2e} and "
-        f"{a['decay_p90']:.2e} per step, a {spread:.0f}x spread, because its decay is divided by each weight's sqrt(v).",
+        f"Adam + L2 (wd {wds['adam_l2']:g}) did not: the middle 80% of weights got between {a['decay_p10']:.2e} "
+        f"and {a['decay_p90']:.2e} per step, a {spread:.0f}x spread, because its decay is divided by each "
+        f"weight's sqrt(v).",
         f"Weights with the smallest gradient history (bottom decile) were decayed {ratio:.0f}x more than those with "
         f"the largest (top decile): Adam + L2 regularizes most the weights the data uses least.",
     ]
     na = sum(v**2 for v in a["norms"].values()) ** 0.5
     nw = sum(v**2 for v in w["norms"].values()) ** 0.5
+    metric = task.metric
+    shown = [r["test"].get(metric, float("nan")) for r in (a, w)]
+    fmt = "{:.2%}" if metric == "error" else "{:.4g}"
     lines.append(
-        f"Total weight norm at the end: {na:.3g} with Adam + L2, {nw:.3g} with AdamW. Test error: "
-        f"{a['test'].get('error', float('nan')):.2%} vs {w['test'].get('error', float('nan')):.2%}."
+        f"Total weight norm at the end: {na:.3g} with Adam + L2, {nw:.3g} with AdamW. "
+        f"Test {task.metric_label(metric)}: {fmt.format(shown[0])} vs {fmt.format(shown[1])}."
     )
     return lines
 
@@ -288,7 +292,9 @@ def _write_report(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="digits", help="built-in task name, 'module:Attr' or 'file.py:Attr'")
+    p.add_argument(
+        "--task", default="digits", help="built-in task (digits, charlm), 'module:Attr' or 'file.py:Attr'"
+    )
     p.add_argument("--out", help="output folder (default: explain-<task>)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, else 1e-3)")
     p.add_argument("--wd-adam-l2", type=float, help="L2 coefficient for Adam + L2")

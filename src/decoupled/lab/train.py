@@ -12,8 +12,9 @@ The three conventions (see :mod:`decoupled.rule` for the full update), with peak
   :math:`\theta \leftarrow \theta(1 - \eta_t\lambda)`: the decay follows the schedule's shape
   but not the size of :math:`\gamma`.
 
-Weight decay applies to parameters with two or more dimensions (weight matrices, embeddings,
-convolution kernels); biases and normalization scales and shifts (one dimension) are never decayed.
+Which parameters decay is decided by :func:`decoupled.param_groups` with its defaults: weight
+matrices, convolution kernels and embeddings decay; biases, normalization parameters (by type and
+by structure) and other 1-D gains never do.
 Runs are deterministic for a given seed on CPU with one thread.
 """
 
@@ -29,23 +30,11 @@ from torch import nn
 from .tasks import CONVENTIONS, Splits, Task, lr_multiplier
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two param groups: tensors with ``ndim >= 2`` get ``weight_decay``, the others 0."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
 def make_optimizer(convention: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """The optimizer of ``convention`` (a key of :data:`~decoupled.lab.tasks.CONVENTIONS`) at peak ``lr``."""
-    from decoupled import Adam, AdamW
+    from decoupled import Adam, AdamW, param_groups
 
-    groups = decay_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay)
     if convention == "adam_l2":
         return Adam(groups, lr=lr)
     if convention == "adamw":

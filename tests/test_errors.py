@@ -174,3 +174,14 @@ def test_a_whole_training_checkpoint_gets_a_hint():
     opt, _ = stepped_optimizer()
     with pytest.raises(ValueError, match=r"checkpoint\['optimizer'\]"):
         opt.load_state_dict({"model": {}, "optimizer": opt.state_dict()})
+
+
+def test_cuda_graph_capture_is_refused_clearly(monkeypatch):
+    """Step counts are read on the host, so a capture must fail before anything changes."""
+    opt, ps = stepped_optimizer()
+    before = snapshot(opt, ps)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph yet"):
+        opt.step()
+    assert_untouched(opt, ps, before)

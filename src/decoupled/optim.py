@@ -200,6 +200,11 @@ class _AdamFamily(Optimizer):
         Every group is checked before any parameter or state is changed: a bad hyperparameter
         or gradient raises with nothing updated.
         """
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"{type(self).__name__}.step() cannot be captured in a CUDA graph yet: it reads the step "
+                f"counts on the host. Step outside the graph, or use torch.optim.AdamW(capturable=True) there."
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -117,3 +117,16 @@ def test_old_checkpoint_with_float_step_loads():
     (q,) = other.param_groups[0]["params"]
     assert torch.is_tensor(other.state[q]["step"]) and other.state[q]["step"].item() == 2.0
     assert other.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_amsgrad_switched_on_mid_run_starts_from_current_v():
+    """torch raises KeyError here; the running maximum starts from the v the state already has."""
+    p = torch.randn(6, requires_grad=True)
+    opt = decoupled.AdamW([p], foreach=False)
+    train(opt, [p], 3)
+    v_before = opt.state[p]["exp_avg_sq"].clone()
+    opt.param_groups[0]["amsgrad"] = True
+    train(opt, [p], 1, start=3)
+    v_now = opt.state[p]["exp_avg_sq"]
+    assert torch.equal(opt.state[p]["max_exp_avg_sq"], torch.maximum(v_before, v_now))
+    assert not torch.equal(v_before, v_now)

@@ -57,6 +57,12 @@ def check_group(group: Mapping[str, Any], *, where: str = "") -> None:
                 f"lr_independent_decay=True{suffix} needs decoupled weight decay; it has no meaning "
                 f"for Adam + L2 (decoupled_weight_decay=False)"
             )
+    if "moments" in group or "param_rounding" in group:
+        from .formats import DEFAULTS, check_options
+
+        check_options(
+            group.get("moments", DEFAULTS["moments"]), group.get("param_rounding", DEFAULTS["param_rounding"]), where
+        )
     if group.get("fused") and group.get("foreach"):
         raise RuntimeError("`fused` and `foreach` cannot be `True` together; choose one (or neither for auto)")
     if group.get("fused") and group.get("differentiable"):

@@ -9,12 +9,14 @@ so checkpoints move between the two in both directions), and call
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from . import backends, functional, statedict
+from . import backends, formats, functional, statedict
+from .formats import execute as formats_execute
 from .hyper import check_group, check_number
 from .rule import Decay
 
@@ -34,6 +36,16 @@ def _step_dtype(fused: bool | None) -> torch.dtype:
     if fused:
         return torch.float32
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+@dataclass
+class _Plan:
+    """What one param group's step will do: which parameters, and which backends."""
+
+    plain: list[torch.Tensor]  # torch's state layout: run by functional.run
+    formatted: list[torch.Tensor]  # another state format: run by formats.execute
+    backend: str
+    formatted_backend: str
 
 
 class _AdamFamily(Optimizer):
@@ -57,6 +69,8 @@ class _AdamFamily(Optimizer):
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
         backend: str | None = None,
+        moments: str = "param",
+        param_rounding: str = "nearest",
     ) -> None:
         if backend is not None:
             if backend not in ("auto", *backends.BACKENDS):
@@ -90,6 +104,11 @@ class _AdamFamily(Optimizer):
                 "lr_max only applies with lr_independent_decay=True; pass both, or neither for "
                 "PyTorch's AdamW (decay lr * weight_decay per step)"
             )
+        formats.check_options(moments, param_rounding)
+        # like the lr-independent keys: present only when not torch's, so the layout stays torch's
+        defaults.update(
+            {k: v for k, v in (("moments", moments), ("param_rounding", param_rounding)) if v != formats.DEFAULTS[k]}
+        )
         check_group({**defaults, "lr_max": lr_max or 1.0})
         self._checked: dict[int, tuple] = {}  # group index -> hyperparameters last checked at step()
         super().__init__(params, defaults)
@@ -133,13 +152,54 @@ class _AdamFamily(Optimizer):
         """Load a state dict saved by this class, by ``torch.optim.AdamW`` or by ``torch.optim.Adam``.
 
         The whole state dict is checked first; a malformed or mismatched one raises ValueError
-        and leaves the optimizer exactly as it was.
+        and leaves the optimizer exactly as it was. Moments saved in any state format (torch's
+        included) are converted to the format this optimizer's groups use.
         """
         statedict.validate(state_dict, self.param_groups)
+        # the state format is this optimizer's choice, not the checkpoint's: keep it
+        chosen = [{k: g[k] for k in formats.DEFAULTS if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        self._restore_saved_dtypes(state_dict)
+        for group, keep in zip(self.param_groups, chosen):
+            for key in formats.DEFAULTS:
+                group.pop(key, None)
+            group.update(keep)
+            fmt, rounding = formats.options(group)
+            for p in group["params"]:
+                if self.state.get(p):
+                    if formats.is_formatted(group, p):
+                        self.state[p] = formats.convert_entry(self.state[p], p, fmt, rounding)
+                    else:  # torch's layout, kept as saved where it already is
+                        self.state[p] = formats.convert_entry(
+                            self.state[p], p, formats.PARAM, rounding, contiguous=False
+                        )
 
-    def _init_state(self, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
+    def _restore_saved_dtypes(self, state_dict: dict[str, Any]) -> None:
+        """Undo torch's cast of loaded state to the parameter's dtype: a format's tensors keep
+        their own dtype (fp32 moments of bf16 weights, fp32 block scales), and the conversion
+        to this optimizer's format that follows decides what to cast."""
+        saved_groups = state_dict["param_groups"]
+        by_index = {i: p for sg, g in zip(saved_groups, self.param_groups) for i, p in zip(sg["params"], g["params"])}
+        for index, entry in state_dict["state"].items():
+            loaded = self.state[by_index[index]]
+            for key, value in entry.items():
+                if key != "step" and isinstance(value, torch.Tensor) and loaded[key].dtype != value.dtype:
+                    loaded[key] = value.to(by_index[index].device)
+
+    def _init_state(self, group: dict[str, Any], p: torch.Tensor, formatted: bool = False) -> dict[str, Any]:
         state = self.state[p]
+        if formatted:
+            fmt, rounding = formats.options(group)
+            if not state:
+                state["step"] = torch.zeros((), dtype=_step_dtype(group["fused"]), device=p.device)
+                for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()):
+                    state.update(fmt.for_param(p).allocate(p, moment))
+            elif group["amsgrad"] and formats.which(state, "max_exp_avg_sq", p) is None:
+                v = fmt.for_param(p).decode(state, p, "exp_avg_sq")  # amsgrad switched on mid-run
+                state.update(fmt.for_param(p).encode(v, p, "max_exp_avg_sq"))
+            if rounding == "kahan" and formats.COMPENSATION_KEY not in state and formats.is_low_precision(p):
+                state[formats.COMPENSATION_KEY] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+            return state
         if not state:
             on_device = group["capturable"] or group["fused"]
             state["step"] = torch.zeros((), dtype=_step_dtype(group["fused"]), device=p.device if on_device else "cpu")
@@ -154,27 +214,46 @@ class _AdamFamily(Optimizer):
 
     # ---- the step --------------------------------------------------------------------------
 
-    def _params_with_grad(self, index: int, group: dict[str, Any]) -> tuple[list[torch.Tensor], str]:
-        """The group's parameters that have a gradient, checked, and the backend that will run them."""
+    def _params_with_grad(self, index: int, group: dict[str, Any]) -> _Plan:
+        """The group's parameters that have a gradient, checked, split into those with torch's
+        state layout and those with another format, and the backends that will run them."""
         hyper = (group["lr"], group["betas"], group["eps"], group["weight_decay"], group.get("lr_max"))
         if any(isinstance(h, torch.Tensor) for h in (hyper[0], *hyper[1])) or self._checked.get(index) != hyper:
             check_group(group, where=f"param group {index}")  # only when a value changed (a schedule)
             self._checked[index] = hyper
-        out = []
+        names = group.get("param_names")
+        plain, formatted = [], []
         for j, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
+            what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
             if grad.is_sparse:
-                names = group.get("param_names")
-                what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients ({what}, shape "
                     f"{tuple(p.shape)}). Use torch.optim.SparseAdam for that parameter, or build the "
                     f"embedding with sparse=False."
                 )
-            out.append(p)
-        return out, backends.resolve(self._backend(group), out, differentiable=group["differentiable"])
+            if ("moments" in group or "param_rounding" in group) and formats.is_formatted(group, p):
+                reason = formats.unsupported_reason(group, p)
+                if reason is not None:
+                    raise ValueError(f"{what}: {reason}")
+                formatted.append(p)
+            else:
+                plain.append(p)
+        name = self._backend(group)
+        differentiable = group["differentiable"]
+        return _Plan(
+            plain,
+            formatted,
+            backends.resolve(name, plain, differentiable=differentiable),
+            # formatted state is updated through float32 copies on the parameters' devices
+            backends.resolve(
+                name,
+                [torch.empty(0, device=d) for d in {p.device for p in formatted}],
+                differentiable=differentiable,
+            ),
+        )
 
     def _backend(self, group: dict[str, Any]) -> str:
         """The backend asked for: ``backend=`` if given, else what torch's flags mean."""
@@ -210,20 +289,10 @@ class _AdamFamily(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
-            todo = [self._params_with_grad(i, g) for i, g in enumerate(self.param_groups)]
-            for group, (params, backend) in zip(self.param_groups, todo):
-                if not params:
-                    continue
-                states = [self._init_state(group, p) for p in params]
+            plans = [self._params_with_grad(i, g) for i, g in enumerate(self.param_groups)]
+            for group, plan in zip(self.param_groups, plans):
                 beta1, beta2 = group["betas"]
-                functional.run(
-                    backend,
-                    params,
-                    [p.grad for p in params],  # type: ignore[misc]  # all not None
-                    [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-                    [s["step"] for s in states],
+                hyper = dict(
                     lr=group["lr"],
                     beta1=beta1,
                     beta2=beta2,
@@ -233,8 +302,33 @@ class _AdamFamily(Optimizer):
                     maximize=group["maximize"],
                     decay=self._decay(group),
                     lr_max=group.get("lr_max"),
-                    differentiable=group["differentiable"],
                 )
+                if plan.plain:
+                    states = [self._init_state(group, p) for p in plan.plain]
+                    functional.run(
+                        plan.backend,
+                        plan.plain,
+                        [p.grad for p in plan.plain],  # type: ignore[misc]  # all not None
+                        [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states],
+                        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+                        [s["step"] for s in states],
+                        differentiable=group["differentiable"],
+                        **hyper,
+                    )
+                if plan.formatted:
+                    moments, rounding = formats.options(group)
+                    states = [self._init_state(group, p, formatted=True) for p in plan.formatted]
+                    torch._foreach_add_([s["step"] for s in states], 1.0)
+                    formats_execute.step(
+                        plan.formatted_backend,
+                        plan.formatted,
+                        [p.grad for p in plan.formatted],  # type: ignore[misc]
+                        states,
+                        functional.coefficients(**hyper),
+                        moments=moments,
+                        rounding=rounding,
+                    )
         return loss
 
 
@@ -284,6 +378,14 @@ class AdamW(_AdamFamily):
         backend: run a named backend of :mod:`decoupled.backends` (``"loop"``, ``"foreach"``,
             ``"fused"``, ``"triton"``, or ``"auto"``) instead of choosing by ``foreach``/``fused``.
             An execution choice, not state: it is not saved in ``state_dict()``.
+        moments: how the moments are stored (:mod:`decoupled.formats`): ``"param"`` (the
+            parameter's dtype, as torch; 8 B per fp32 parameter), ``"fp32"``, ``"bf16"`` (4 B,
+            stochastically rounded) or ``"8bit"`` (blockwise-quantized, about 2 B). The update
+            is computed in float32 whatever the format.
+        param_rounding: how the update is written into a bf16/fp16 parameter: ``"nearest"``
+            (torch's; updates below half a bf16 ulp, ~0.2% of the weight, are lost),
+            ``"kahan"`` (keeps the rounding error in a parameter-sized buffer) or
+            ``"stochastic"`` (bf16; unbiased rounding, no memory). No effect on fp32 parameters.
 
     Example:
         >>> import torch, decoupled
@@ -314,6 +416,8 @@ class AdamW(_AdamFamily):
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
         backend: str | None = None,
+        moments: str = "param",
+        param_rounding: str = "nearest",
     ) -> None:
         super().__init__(
             params,
@@ -331,6 +435,8 @@ class AdamW(_AdamFamily):
             lr_independent_decay=lr_independent_decay,
             lr_max=lr_max,
             backend=backend,
+            moments=moments,
+            param_rounding=param_rounding,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -352,7 +458,8 @@ class Adam(_AdamFamily):
     comparing the two (``decoupled compare``, ``decoupled explain``).
 
     Same signature and defaults as ``torch.optim.Adam`` (``weight_decay=0``); with
-    ``decoupled_weight_decay=True`` it is :class:`AdamW`. ``backend`` is as in :class:`AdamW`.
+    ``decoupled_weight_decay=True`` it is :class:`AdamW`. ``backend``, ``moments`` and
+    ``param_rounding`` are as in :class:`AdamW`.
     """
 
     _default_decoupled = False
@@ -373,6 +480,8 @@ class Adam(_AdamFamily):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         backend: str | None = None,
+        moments: str = "param",
+        param_rounding: str = "nearest",
     ) -> None:
         super().__init__(
             params,
@@ -388,6 +497,8 @@ class Adam(_AdamFamily):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             backend=backend,
+            moments=moments,
+            param_rounding=param_rounding,
         )
 
 

@@ -13,6 +13,7 @@ first problem found, so the optimizer is never left half-loaded.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ import torch
 from .hyper import check_group
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
+TORCH_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+"""The per-parameter state keys of ``torch.optim.AdamW``; other formats add their own
+(:mod:`decoupled.formats`)."""
 
 
 def _fail(msg: str) -> None:
@@ -74,8 +78,10 @@ def _check_param_state(entry: Any, param: torch.Tensor, index: Any, group: int, 
         _fail(f"state of {where} is a {type(entry).__name__}, expected a dict")
     if not entry:  # torch leaves an empty dict for a param that has not been stepped yet
         return
-    required = ["step", *MOMENT_KEYS] + (["max_exp_avg_sq"] if amsgrad else [])
-    missing = [k for k in required if k not in entry]
+    from .formats import which
+
+    moments = [*MOMENT_KEYS] + (["max_exp_avg_sq"] if amsgrad else [])
+    missing = [k for k in ["step"] if k not in entry] + [m for m in moments if which(entry, m, param) is None]
     if missing:
         hint = " (the group has amsgrad=True)" if "max_exp_avg_sq" in missing else ""
         _fail(f"state of {where} lacks {missing}{hint}; it has {sorted(entry)}")
@@ -90,14 +96,8 @@ def _check_param_state(entry: Any, param: torch.Tensor, index: Any, group: int, 
         _fail(f"'step' of {where} must be a number or a 0-d tensor, got {type(step).__name__}")
     if not (math.isfinite(value) and value >= 0 and value == int(value)):
         _fail(f"'step' of {where} must be a non-negative whole number, got {value}")
-    for key in required[1:]:
-        t = entry[key]
-        if not isinstance(t, torch.Tensor):
-            _fail(f"'{key}' of {where} must be a tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(param.shape):
-            _fail(
-                f"'{key}' of {where} has shape {tuple(t.shape)}; the checkpoint belongs to a model "
-                f"whose parameters differ from this one"
-            )
-        if not (t.is_floating_point() or t.is_complex()):
-            _fail(f"'{key}' of {where} has dtype {t.dtype}; moments are floating point")
+    for moment in moments:
+        problem = which(entry, moment, param).check(entry, moment, param)  # type: ignore[union-attr]
+        if problem is not None:  # "'key' has ..." -> "'key' of <where> has ..."
+            named = re.match(r"('[^']+') (.*)", problem, re.S)
+            _fail(f"{named[1]} of {where} {named[2]}" if named else f"{problem} ({where})")

@@ -292,9 +292,7 @@ def _write_report(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--task", default="digits", help="built-in task (digits, charlm), 'module:Attr' or 'file.py:Attr'"
-    )
+    p.add_argument("--task", default="digits", help="built-in task (digits, charlm), 'module:Attr' or 'file.py:Attr'")
     p.add_argument("--out", help="output folder (default: explain-<task>)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, else 1e-3)")
     p.add_argument("--wd-adam-l2", type=float, help="L2 coefficient for Adam + L2")

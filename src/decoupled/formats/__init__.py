@@ -1,0 +1,189 @@
+"""State formats: how the moments (and a low-precision parameter) are stored between steps.
+
+Two independent options of :class:`decoupled.AdamW` choose them, per param group:
+
+``moments`` (how ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` are stored)
+
+    ========  ============================  ===================================================
+    name      bytes per parameter (both)    what
+    ========  ============================  ===================================================
+    param     2 x the parameter's size      torch's: the parameter's dtype (default)
+    fp32      8                             float32, whatever the parameter's dtype
+    bf16      4                             bfloat16, stochastically rounded
+    8bit      about 2.03                    blockwise 8-bit (256-element blocks, fp32 scale)
+    ========  ============================  ===================================================
+
+``param_rounding`` (how the update is written into a bf16/fp16 parameter; fp32 parameters
+are unaffected): ``nearest`` (torch's), ``kahan`` (+1 parameter-sized buffer,
+``state["kahan_comp"]``), ``stochastic`` (bf16 only, no memory).
+
+The update itself is always the float32 rule of :mod:`decoupled.rule`; formats only change
+what is loaded before it and stored after it (:mod:`.execute`). With the defaults
+(``moments="param"``, ``param_rounding="nearest"``) nothing here runs and the optimizer is
+bit-for-bit ``torch.optim.AdamW``.
+
+Checkpoints: every format stores its own keys, and :func:`convert_entry` turns any format's
+entry into any other's, so :meth:`decoupled.AdamW.load_state_dict` accepts a checkpoint in
+any format (torch's included) and :func:`torch_state_dict` gives one that
+``torch.optim.AdamW`` loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .base import SIGNED_MOMENTS, MomentFormat
+from .blockwise8 import BLOCKWISE8
+from .dense import BF16, FP32, PARAM, Dense
+from .rounding import COMPENSATION_KEY, ROUNDINGS, is_low_precision
+
+MOMENTS: dict[str, MomentFormat] = {"param": PARAM, "fp32": FP32, "bf16": BF16, "8bit": BLOCKWISE8}
+"""The moment formats by name."""
+
+DEFAULTS = {"moments": "param", "param_rounding": "nearest"}
+"""The option values that make the optimizer exactly ``torch.optim.AdamW``."""
+
+MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def get(name: str) -> MomentFormat:
+    """The moment format called ``name``; ValueError listing the choices otherwise."""
+    try:
+        return MOMENTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown moments format {name!r}; choose one of {list(MOMENTS)}") from None
+
+
+def check_options(moments: Any, param_rounding: Any, where: str = "") -> None:
+    """Raise ValueError unless both options name a known choice."""
+    suffix = f" in {where}" if where else ""
+    if moments not in MOMENTS:
+        raise ValueError(
+            f"unknown moments={moments!r}{suffix}; choose one of {list(MOMENTS)} "
+            f"('param' keeps torch's layout, '8bit' uses the least memory)"
+        )
+    if param_rounding not in ROUNDINGS:
+        raise ValueError(
+            f"unknown param_rounding={param_rounding!r}{suffix}; choose one of {list(ROUNDINGS)} "
+            f"('kahan' or 'stochastic' keep small updates of bf16 weights from being rounded away)"
+        )
+
+
+def options(group: Mapping[str, Any]) -> tuple[MomentFormat, str]:
+    """The (moment format, param rounding) of a param group."""
+    return get(group.get("moments", "param")), group.get("param_rounding", "nearest")
+
+
+def is_formatted(group: Mapping[str, Any], param: torch.Tensor) -> bool:
+    """Whether ``param`` of ``group`` needs the formatted path (anything but torch's own state)."""
+    fmt, rounding = options(group)
+    fmt = fmt.for_param(param)
+    plain_moments = isinstance(fmt, Dense) and fmt.dtype_for(param) == param.dtype
+    return not plain_moments or (rounding != "nearest" and is_low_precision(param))
+
+
+def unsupported_reason(group: Mapping[str, Any], param: torch.Tensor) -> str | None:
+    """Why the group's formats cannot hold ``param``'s state, or None."""
+    from torch.distributed.tensor import DTensor
+
+    from .rounding import unsupported_reason as rounding_reason
+
+    if not is_formatted(group, param):
+        return None
+    if param.is_complex():
+        return (
+            "moments/param_rounding other than the defaults need real parameters; "
+            "put complex ones in a group with the defaults"
+        )
+    if group.get("differentiable"):
+        return "differentiable=True keeps torch's state format; use moments='param', param_rounding='nearest'"
+    if isinstance(param, DTensor):
+        return (
+            "moments/param_rounding other than the defaults do not support DTensor (FSDP2) parameters yet; "
+            "use the defaults with FSDP2"
+        )
+    return rounding_reason(group.get("param_rounding", "nearest"), param)
+
+
+def which(entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> MomentFormat | None:
+    """The format ``entry`` holds ``moment`` in (checked most specific first), or None."""
+    for fmt in (*[f for f in MOMENTS.values() if not isinstance(f, Dense)], BF16, FP32, PARAM):
+        if fmt.holds(entry, moment, param):
+            return fmt
+    if isinstance(entry.get(moment), torch.Tensor):  # a dense moment of another dtype (e.g. fp16)
+        return Dense("dense", entry[moment].dtype)
+    return None
+
+
+def convert_entry(
+    entry: dict[str, Any], param: torch.Tensor, fmt: MomentFormat, rounding: str, *, contiguous: bool = True
+) -> dict[str, Any]:
+    """``entry`` (one parameter's state, in any format) with its moments in ``fmt`` and the
+    Kahan buffer present exactly when ``rounding`` needs one. A new dict; ``entry`` is unchanged.
+    Dense moments already in ``fmt`` are kept (made contiguous only when ``contiguous``)."""
+    if not entry:
+        return entry
+    fmt = fmt.for_param(param)
+    out = {k: v for k, v in entry.items() if k == "step"}
+    for moment in MOMENT_NAMES:
+        source = which(entry, moment, param)
+        if source is None:
+            continue
+        same_dense = isinstance(source, Dense) and isinstance(fmt, Dense)
+        if source is fmt or (same_dense and source.dtype_for(param) == fmt.dtype_for(param)):
+            kept = {k: entry[k].to(param.device) for k in fmt.keys(moment)}
+            if contiguous:
+                kept = {k: v.contiguous() for k, v in kept.items()}
+            out.update(kept)
+        else:
+            values = entry[moment] if isinstance(source, Dense) else source.decode(entry, param, moment)
+            encoded = fmt.encode(values.to(param.device), param, moment)
+            if not contiguous and isinstance(source, Dense):  # keep the saved memory format
+                encoded = {k: torch.empty_like(values, dtype=v.dtype).copy_(v) for k, v in encoded.items()}
+            out.update(encoded)
+    if rounding == "kahan" and is_low_precision(param):
+        comp = entry.get(COMPENSATION_KEY)
+        ok = isinstance(comp, torch.Tensor) and comp.shape == param.shape
+        out[COMPENSATION_KEY] = (
+            comp.to(param.device, param.dtype).contiguous()
+            if ok
+            else torch.zeros(param.shape, dtype=param.dtype, device=param.device)
+        )
+    return out
+
+
+def torch_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` in ``torch.optim.AdamW``'s exact layout: moments dense in the
+    parameter's dtype, no Kahan buffers, no format keys in the param groups."""
+    sd = optimizer.state_dict()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    indices = [i for g in sd["param_groups"] for i in g["params"]]
+    by_index = dict(zip(indices, params))
+    sd["state"] = {
+        i: convert_entry(dict(e), by_index[i], PARAM, "nearest", contiguous=False) for i, e in sd["state"].items()
+    }
+    sd["param_groups"] = [{k: v for k, v in g.items() if k not in DEFAULTS} for g in sd["param_groups"]]
+    return sd
+
+
+__all__ = [
+    "MOMENTS",
+    "PARAM",
+    "COMPENSATION_KEY",
+    "is_low_precision",
+    "ROUNDINGS",
+    "DEFAULTS",
+    "SIGNED_MOMENTS",
+    "MomentFormat",
+    "get",
+    "check_options",
+    "options",
+    "is_formatted",
+    "unsupported_reason",
+    "which",
+    "convert_entry",
+    "torch_state_dict",
+]

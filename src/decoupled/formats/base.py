@@ -1,0 +1,78 @@
+"""What a moment format is: how one moment tensor of one parameter is stored.
+
+A moment (``exp_avg``, ``exp_avg_sq`` or ``max_exp_avg_sq``) always enters the update rule as
+float32 values; a format decides how those values live between steps. It knows how to
+allocate zeros, how to load a flat range of elements to float32 and store it back, how to
+convert a whole tensor to and from its stored form, and which ``state`` keys it occupies, so
+a checkpoint can say which format it holds.
+
+Flat ranges are in the parameter's row-major (contiguous) element order; ``start`` and
+``stop`` fall on multiples of :attr:`MomentFormat.block` (except ``stop`` at the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+SIGNED_MOMENTS = ("exp_avg",)
+"""Moments that can be negative; the others (``exp_avg_sq``, ``max_exp_avg_sq``) are >= 0."""
+
+
+class MomentFormat:
+    """Base class of the moment formats (see :mod:`decoupled.formats`)."""
+
+    name: str = ""
+    block: int = 1
+    """Chunk boundaries for :meth:`load`/:meth:`store` must be multiples of this (elements)."""
+
+    def for_param(self, param: torch.Tensor) -> MomentFormat:
+        """The format actually used for ``param`` (a format may leave small tensors to another)."""
+        return self
+
+    def keys(self, moment: str) -> tuple[str, ...]:
+        """The ``state`` keys this format stores ``moment`` under."""
+        raise NotImplementedError
+
+    def holds(self, entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> bool:
+        """Whether ``entry`` (one parameter's state) holds ``moment`` in this format."""
+        raise NotImplementedError
+
+    def check(self, entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> str | None:
+        """What is wrong with ``moment`` in ``entry`` for ``param``, or None when it is well formed.
+
+        The message starts with the quoted state key (``"'exp_avg_q8' has shape ..."``); the
+        caller inserts which parameter it belongs to after the key."""
+        raise NotImplementedError
+
+    def allocate(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
+        """Zero state for ``moment`` of ``param`` (contiguous, on the parameter's device)."""
+        return self.encode(torch.zeros(param.shape, dtype=torch.float32, device=param.device), param, moment)
+
+    def encode(self, values: torch.Tensor, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
+        """The stored form of ``values`` (a tensor of the parameter's shape, any real dtype)."""
+        raise NotImplementedError
+
+    def decode(self, entry: Mapping[str, Any], param: torch.Tensor, moment: str) -> torch.Tensor:
+        """``moment`` as a float32 tensor of the parameter's shape."""
+        out = torch.empty(param.numel(), dtype=torch.float32, device=param.device)
+        self.load(entry, moment, 0, param.numel(), out)
+        return out.view(param.shape)
+
+    def view(self, entry: Mapping[str, Any], moment: str, start: int, stop: int) -> torch.Tensor | None:
+        """Elements ``start:stop`` of ``moment`` as a float32 view the update may write directly, or
+        None when the stored form is not float32 (then :meth:`load` and :meth:`store` copy)."""
+        return None
+
+    def load(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, out: torch.Tensor) -> None:
+        """Write elements ``start:stop`` of ``moment`` into ``out`` (float32, 1-D, length stop - start)."""
+        raise NotImplementedError
+
+    def store(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, value: torch.Tensor) -> None:
+        """Store ``value`` (float32, 1-D) as elements ``start:stop`` of ``moment``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<moment format {self.name!r}>"

@@ -1,0 +1,64 @@
+r"""Writing float32 values into bfloat16 storage without losing small updates.
+
+Round-to-nearest loses any change smaller than half a unit in the last place (ulp): a bf16
+number has 8 significant bits, so a weight of 1.0 cannot move by less than 2^-8 = 0.4% in
+one step, and AdamW's per-step change is often 1e-4 of the weight. The update is then
+rounded away, every step, and training silently stalls. The same happens to a bf16 second
+moment: with beta2 = 0.999, ``v`` changes by about 0.1% per step, below bf16's resolution.
+
+Two remedies, both used here:
+
+* **Stochastic rounding** rounds ``x`` up with probability equal to its distance from the
+  lower bf16 neighbour, in ulps, and down otherwise. The stored value is then unbiased,
+  E[round(x)] = x, so small updates survive on average (Gupta et al., "Deep Learning with
+  Limited Numerical Precision", ICML 2015). It costs random bits, and no memory.
+* **Kahan-style compensation** keeps the rounding error of each step in a second bf16 buffer
+  ``c`` and adds it back before the next step: the parameter is held as the unevaluated sum
+  ``hi + lo`` of two bf16 numbers (``x = hi + c``; ``hi' = round(x')``, ``c' = round(x' - hi')``),
+  about 16 significant bits, at 2 more bytes per parameter (Kahan, 1965; Zamirai et al.,
+  "Revisiting BFloat16 Training", arXiv:2010.06192, which evaluates both on bf16 training).
+
+Stochastic rounding is implemented on the float32 bit pattern: adding a uniform random
+integer in [0, 2^16) to the 32-bit pattern and clearing its low 16 bits rounds the magnitude
+up exactly when the discarded fraction plus the noise carries, i.e. with probability equal
+to the discarded fraction; the result is exactly representable in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROUNDINGS = ("nearest", "kahan", "stochastic")
+"""How an updated value is written into a low-precision (bf16/fp16) parameter."""
+
+COMPENSATION_KEY = "kahan_comp"
+"""The state key of the Kahan compensation buffer (parameter dtype and shape)."""
+
+
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``dst.copy_(src)`` with stochastic rounding; ``dst`` is bfloat16, ``src`` float32 of its size.
+
+    Unbiased: each element is rounded to one of its two bf16 neighbours, the upper one with
+    probability equal to the fraction of an ulp it lies above the lower one. Values exactly
+    representable in bf16 are copied unchanged.
+    """
+    if dst.dtype != torch.bfloat16 or src.dtype != torch.float32:
+        raise TypeError(f"stochastic rounding writes float32 into bfloat16, got {src.dtype} -> {dst.dtype}")
+    noise = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=generator)
+    noise.add_(src.view(torch.int32)).bitwise_and_(-65536)  # -65536 == 0xFFFF0000 as int32
+    return dst.copy_(noise.view(torch.float32))  # exact: the low 16 bits are zero
+
+
+def is_low_precision(param: torch.Tensor) -> bool:
+    """Whether writes into ``param`` round to fewer than float32's 24 significant bits."""
+    return param.dtype in (torch.bfloat16, torch.float16)
+
+
+def unsupported_reason(rounding: str, param: torch.Tensor) -> str | None:
+    """Why ``rounding`` cannot be used for ``param``, or None."""
+    if rounding == "stochastic" and param.dtype == torch.float16:
+        return (
+            "param_rounding='stochastic' is implemented for bfloat16 parameters; float16 has a "
+            "different bit layout. Use param_rounding='kahan' for float16 parameters"
+        )
+    return None

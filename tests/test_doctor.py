@@ -136,6 +136,21 @@ def test_bf16_resolution():
     assert "decay-below-precision" in codes(found)
     opt = torch.optim.AdamW(clean_groups(Net(), wd=0.1), lr=1e-4)  # fp32: fine
     assert "decay-below-precision" not in codes(check(opt, Net(), warmup_steps=10))
+    opt = decoupled.AdamW(clean_groups(model, wd=0.1), lr=1e-4, param_rounding="kahan")  # kept by Kahan
+    assert "decay-below-precision" not in codes(check(opt, model, warmup_steps=10))
+
+
+def test_bf16_updates_below_precision():
+    """LayerNorm-like weights at 1.0 in bf16: a step of lr=1e-4 is 1/20 of half an ulp (2^-9)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to(torch.bfloat16)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    f = next(f for f in check(opt, model, warmup_steps=10) if f.code == "update-below-precision")
+    assert "(8,)" in f.what and "param_rounding='kahan'" in f.fix
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)  # a step of 1% is visible
+    assert "update-below-precision" not in codes(check(opt, model, warmup_steps=10))
+    for rounding in ("kahan", "stochastic"):
+        opt = decoupled.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, param_rounding=rounding)
+        assert "update-below-precision" not in codes(check(opt, model, warmup_steps=10))
 
 
 def test_parameter_membership():

@@ -27,6 +27,11 @@ What it checks (``code``: meaning):
 * ``decay-below-precision``: for bf16 (or fp16) parameters, the per-step decay fraction is below
   half the format's relative resolution (:math:`2^{-9}` for bf16, :math:`2^{-12}` for fp16), so
   :math:`\theta(1-\gamma\lambda)` rounds back to :math:`\theta` and the decay is lost.
+* ``update-below-precision``: for bf16 (or fp16) tensors, an Adam step of about :math:`\gamma` is
+  below half an ulp of the tensor's RMS weight (:math:`\gamma/\mathrm{rms}(\theta) < 2^{-9}` in
+  bf16), so round-to-nearest writes :math:`\theta` back unchanged and those weights stop learning
+  (typically norm gains near 1 with lr ~1e-4). Both precision checks are skipped for groups with
+  ``param_rounding='kahan'`` or ``'stochastic'`` (:mod:`decoupled.formats`), which keep such updates.
 
 The findings print as a table (:func:`format_findings`). :class:`DoctorCallback` runs the check
 when a Hugging Face ``Trainer`` starts training. The command checks a setup built by a Python
@@ -243,6 +248,8 @@ def check(
         form = f"weight_decay={wd:g} (lr-independent)" if indep else f"lr={lr:g} x weight_decay={wd:g}"
         found += _timescale(per_step, form, where, total_steps, steps_per_epoch, indep)
         found += _precision(g, per_step, form, where)
+    for i, g in enumerate(groups):
+        found += _update_precision(g, _peak_lr(g, scheduler, i), _group_label(i, n))
 
     order = {s: k for k, s in enumerate(SEVERITIES)}
     found.sort(key=lambda f: order[f.severity])
@@ -405,8 +412,9 @@ def _timescale(
                 f"{_fmt_steps(total, spe)}: decay alone would shrink a weight only to {kept:.1%} by the end, so it "
                 f"has almost no effect.",
                 where,
-                f"For a decay that acts within the run, raise weight_decay towards {_wd_of(form) * tau / (0.3 * total):.3g} "
-                f"(timescale ~30% of the run); `decoupled convert-wd` translates between forms.",
+                f"For a decay that acts within the run, raise weight_decay towards "
+                f"{_wd_of(form) * tau / (0.3 * total):.3g} (timescale ~30% of the run); `decoupled convert-wd` "
+                f"translates between forms.",
             )
         ]
     if tau < total / 100:
@@ -427,7 +435,49 @@ def _wd_of(form: str) -> float:
     return float(form.split("weight_decay=")[1].split()[0])
 
 
+_ROUNDING_FIX = (
+    "Use decoupled.AdamW(..., param_rounding='kahan') (a bf16 compensation buffer, +2 B per weight) or "
+    "param_rounding='stochastic' (bf16, no memory), or keep fp32 master weights (mixed precision)."
+)
+
+
+def _rounds_to_nearest(group: dict[str, Any]) -> bool:
+    return group.get("param_rounding", "nearest") == "nearest"
+
+
+def _update_precision(group: dict[str, Any], lr: float, where: str) -> list[Finding]:
+    """bf16/fp16 weights whose typical Adam step (about lr) is under half an ulp of the weight."""
+    if not _rounds_to_nearest(group) or lr <= 0:
+        return []
+    lost, total = [], 0
+    for p in group["params"]:
+        if p.dtype not in _HALF_ULP or p.numel() == 0:
+            continue
+        total += p.numel()
+        rms = p.detach().float().square().mean().sqrt().item()
+        if rms > 0 and lr / rms < _HALF_ULP[p.dtype]:
+            lost.append(p)
+    if not lost:
+        return []
+    share = sum(p.numel() for p in lost) / total
+    shapes = _names([str(tuple(p.shape)) for p in lost])
+    name = str(lost[0].dtype).replace("torch.", "")
+    return [
+        Finding(
+            "warning",
+            "update-below-precision",
+            f"{len(lost)} {name} tensor(s) ({share:.0%} of the group's {name} weights; shapes {shapes}) have "
+            f"weights so large that an Adam step of about lr={lr:g} is under half a {name} ulp: rounded to "
+            f"nearest, θ - step == θ, and these weights stop learning.",
+            f"{where} ({name} parameters)",
+            _ROUNDING_FIX,
+        )
+    ]
+
+
 def _precision(group: dict[str, Any], per_step: float, form: str, where: str) -> list[Finding]:
+    if not _rounds_to_nearest(group):
+        return []
     dtypes = {p.dtype for p in group["params"] if p.dtype in _HALF_ULP}
     out = []
     for dt in sorted(dtypes, key=str):
@@ -441,8 +491,7 @@ def _precision(group: dict[str, Any], per_step: float, form: str, where: str) ->
                     f"{form} removes {per_step:.2e} of a weight per step, below {name}'s resolution ({limit:.2e}): "
                     f"θ·(1 - {per_step:.1e}) rounds back to θ in {name}, so the decay is silently lost.",
                     f"{where} ({name} parameters)",
-                    "Keep fp32 master weights (mixed precision), or use a state format with Kahan summation or "
-                    "stochastic rounding for the parameters.",
+                    _ROUNDING_FIX,
                 )
             )
     return out

@@ -6,6 +6,7 @@ the lr-independent convention that torch does not have.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -90,7 +91,9 @@ def test_functional_matches_class():
     opt = decoupled.AdamW([p2], lr=0.1, weight_decay=0.3, foreach=False)
     for step in range(10):
         g = gradient(step, 0, p1)
-        functional.adamw([p1], [g], [m], [v], [], [t], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.3, backend="loop")
+        functional.adamw(
+            [p1], [g], [m], [v], [], [t], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.3, backend="loop"
+        )
         p2.grad = g
         opt.step()
     assert torch.equal(p1, p2.detach())
@@ -100,9 +103,33 @@ def test_functional_matches_class():
 def test_functional_rejects_mismatched_lists():
     p = [torch.zeros(2)]
     with pytest.raises(ValueError, match="exp_avgs has 0 tensors but params has 1"):
-        functional.adamw(p, [torch.zeros(2)], [], [torch.zeros(2)], [], [torch.zeros(())], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0)
+        functional.adamw(
+            p,
+            [torch.zeros(2)],
+            [],
+            [torch.zeros(2)],
+            [],
+            [torch.zeros(())],
+            lr=0.1,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            weight_decay=0.0,
+        )
     with pytest.raises(ValueError, match="unknown backend 'turbo'"):
-        functional.adam(p, [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [], [torch.zeros(())], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, backend="turbo")
+        functional.adam(
+            p,
+            [torch.zeros(2)],
+            [torch.zeros(2)],
+            [torch.zeros(2)],
+            [],
+            [torch.zeros(())],
+            lr=0.1,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            backend="turbo",
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -131,3 +158,27 @@ def test_tensors_laid_out_unlike_their_parameter(backend):
         for i, p in enumerate(params):
             torch.testing.assert_close(as_real64(p), theta[i], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(as_real64(opt.state[params[0]]["exp_avg"]), states[0].m, rtol=1e-12, atol=1e-14)
+
+
+def test_a_checkpoint_in_another_layout_is_loaded_in_the_parameters_layout():
+    """A checkpoint whose moments are contiguous while the parameter is channels-last (saved from
+    a model built differently) is loaded in the parameter's layout, so the fused kernel reads it right."""
+    p = torch.randn(2, 3, 4, 4, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    opt = decoupled.AdamW([p], fused=True)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0] = {k: v.contiguous() for k, v in sd["state"][0].items()}
+    q = p.detach().clone().requires_grad_()
+    again = decoupled.AdamW([q], fused=True)
+    again.load_state_dict(copy.deepcopy(sd))  # loading shares the checkpoint's tensors, as torch does
+    assert again.state[q]["exp_avg"].stride() == q.stride()
+    r = p.detach().clone().requires_grad_()
+    ref = decoupled.AdamW([r], foreach=False)
+    ref.load_state_dict(copy.deepcopy(sd))
+    for _ in range(3):
+        q.grad = torch.randn_like(q)
+        r.grad = q.grad.clone()
+        again.step()
+        ref.step()
+    torch.testing.assert_close(q, r, rtol=1e-12, atol=1e-14)

@@ -81,15 +81,16 @@ def _match_layouts(lists: list[list[torch.Tensor]], copy_back: list[tuple[torch.
     they were laid out alike: a gradient with other strides than its parameter (say, a
     contiguous gradient set by hand on a transposed weight) is silently read in the wrong
     order (measured with torch 2.13 on CPU: 0.006 off after 3 steps). Autograd gives gradients
-    their parameter's layout, so this is rare and costs two flag reads per tensor when all is
-    contiguous. A mismatched gradient is copied into the parameter's layout; a parameter that
+    their parameter's layout, so this is rare and costs two flag reads per tensor when the
+    parameter and gradient are contiguous (moments are created in, and loaded into, their
+    parameter's layout). A mismatched gradient is copied into the parameter's layout; a parameter that
     is not dense goes through contiguous copies of all its tensors (written back after the step).
     """
     params, grads, others = lists[0], lists[1], lists[2:]
-    for j, p in enumerate(params):
-        tensors = [grads[j], *(ts[j] for ts in others)]
-        if p.is_contiguous() and all(t.is_contiguous() for t in tensors):
+    for j, (p, g) in enumerate(zip(params, grads)):
+        if p.is_contiguous() and g.is_contiguous():  # the common case; moments follow p (see _init_state)
             continue
+        tensors = [g, *(ts[j] for ts in others)]
         if all(t.stride() == p.stride() for t in tensors) and torch.empty_like(p).stride() == p.stride():
             continue  # e.g. a transposed weight with a transposed gradient and moments
         if torch.empty_like(p).stride() == p.stride():  # dense: give the others p's layout

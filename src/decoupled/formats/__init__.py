@@ -123,7 +123,9 @@ def convert_entry(
 ) -> dict[str, Any]:
     """``entry`` (one parameter's state, in any format) with its moments in ``fmt`` and the
     Kahan buffer present exactly when ``rounding`` needs one. A new dict; ``entry`` is unchanged.
-    Dense moments already in ``fmt`` are kept (made contiguous only when ``contiguous``)."""
+    Dense moments already in ``fmt`` are kept as they are where their layout fits: contiguous
+    (what the formatted path streams) when ``contiguous``, else the parameter's own memory
+    layout (what torch allocates, and what its fused kernels assume)."""
     if not entry:
         return entry
     fmt = fmt.for_param(param)
@@ -135,14 +137,13 @@ def convert_entry(
         same_dense = isinstance(source, Dense) and isinstance(fmt, Dense)
         if source is fmt or (same_dense and source.dtype_for(param) == fmt.dtype_for(param)):
             kept = {k: entry[k].to(param.device) for k in fmt.keys(moment)}
-            if contiguous:
-                kept = {k: v.contiguous() for k, v in kept.items()}
+            kept = {k: v.contiguous() if contiguous else _like(param, v) for k, v in kept.items()}
             out.update(kept)
         else:
             values = entry[moment] if isinstance(source, Dense) else source.decode(entry, param, moment)
             encoded = fmt.encode(values.to(param.device), param, moment)
-            if not contiguous and isinstance(source, Dense):  # keep the saved memory format
-                encoded = {k: torch.empty_like(values, dtype=v.dtype).copy_(v) for k, v in encoded.items()}
+            if not contiguous:
+                encoded = {k: _like(param, v) for k, v in encoded.items()}
             out.update(encoded)
     if rounding == "kahan" and is_low_precision(param):
         comp = entry.get(COMPENSATION_KEY)
@@ -153,6 +154,13 @@ def convert_entry(
             else torch.zeros(param.shape, dtype=param.dtype, device=param.device)
         )
     return out
+
+
+def _like(param: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``param``'s memory layout (itself when it already is)."""
+    if t.stride() == param.stride() or t.shape != param.shape:
+        return t
+    return torch.empty_like(param, dtype=t.dtype).copy_(t)
 
 
 def torch_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import types
+import warnings
 
 import pytest
+import torch
 
-from decoupled.bench import layouts, run
+from decoupled.bench import layouts, peers, run
+from decoupled.bench.timing import make_params
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -86,6 +91,155 @@ def test_unavailable_peers_are_listed_not_timed(result):
     # the triton backend runs on CUDA only (outside the interpreter)
     if result["machine"]["device"] == "cpu":
         assert any(name == "decoupled backend=triton" for name, _ in result["skipped"])
+    # every named peer is either timed or listed with its reason, never silently dropped
+    skipped = {name for name, _ in result["skipped"]}
+    for name in ("bitsandbytes.optim.AdamW", "bitsandbytes.optim.AdamW8bit", "torchao.optim.AdamW8bit"):
+        assert (name in timed) != (name in skipped), name
+    assert all(r["status"] == "ok" for r in result["rows"] if r["family"] in ("bitsandbytes", "torchao"))
+
+
+def test_quick_leaves_out_contenders_that_compile(result):
+    """--quick lists torch.compile (and torchao, which compiles its step) as not timed, with the rule."""
+    reasons = dict(result["skipped"])
+    expected = peers.compile_unavailable("cpu") or "--quick leaves it out unless --only names it"
+    assert expected in reasons[peers.COMPILED]
+    assert peers.COMPILED not in {r["name"] for r in result["rows"]}
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    (quick,) = [a for a in parser._actions if "--quick" in a.option_strings]
+    assert "torch.compile" in quick.help and "unless --only names them" in quick.help
+
+
+def _bench(tmp_path, *argv: str) -> dict:
+    args = _args("--quick", "--no-progress", "--no-plot", "--layouts", "single", "--out", str(tmp_path), *argv)
+    assert run.run(args) == 0
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+def test_missing_peer_is_listed_with_its_reason(tmp_path, monkeypatch):
+    for module in ("bitsandbytes", "torchao", "torchao.optim"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    data = _bench(tmp_path, "--sizes", "4k", "--dtypes", "fp32", "--only", "bitsandbytes,torchao")
+    assert {r["name"] for r in data["rows"]} == {peers.REFERENCE}
+    reasons = dict(data["skipped"])
+    for name in ("bitsandbytes.optim.AdamW", "bitsandbytes.optim.AdamW8bit", "torchao.optim.AdamW4bit"):
+        assert reasons[name].startswith("not installed (ModuleNotFoundError"), reasons[name]
+
+
+def _fake_bitsandbytes() -> types.ModuleType:
+    """A stand-in for bitsandbytes: AdamW steps (it is torch's), AdamW8bit has no kernel for the
+    device, PagedAdamW falls back to AdamW with a warning (what bitsandbytes 0.50 does on CPU)."""
+
+    def adamw(params, **kw):
+        return torch.optim.AdamW(params, **kw)
+
+    def adamw8bit(params, **kw):
+        opt = torch.optim.AdamW(params, **kw)
+
+        def step(closure=None):
+            raise NotImplementedError("no kernel for cpu tensors in this fake")
+
+        opt.step = step
+        return opt
+
+    def paged(params, **kw):
+        warnings.warn("Paged optimizers are not supported on CPU. Falling back.", UserWarning, stacklevel=2)
+        return torch.optim.AdamW(params, **kw)
+
+    bnb = types.ModuleType("bitsandbytes")
+    bnb.__version__ = "0.0-fake"
+    bnb.optim = types.SimpleNamespace(AdamW=adamw, AdamW8bit=adamw8bit, PagedAdamW=paged, PagedAdamW8bit=adamw8bit)
+    return bnb
+
+
+def test_importable_peer_is_timed_and_one_that_cannot_step_is_listed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", _fake_bitsandbytes())
+    data = _bench(tmp_path, "--sizes", "4k", "--dtypes", "fp32", "--only", "bitsandbytes")
+    rows = {r["name"]: r for r in data["rows"]}
+    assert set(rows) == {peers.REFERENCE, "bitsandbytes.optim.AdamW"}
+    assert rows["bitsandbytes.optim.AdamW"]["status"] == "ok" and rows["bitsandbytes.optim.AdamW"]["ms"] > 0
+    assert rows["bitsandbytes.optim.AdamW"]["state_bytes_per_param"] == 8
+    reasons = dict(data["skipped"])
+    assert reasons["bitsandbytes.optim.AdamW8bit"] == (
+        "bitsandbytes 0.0-fake: AdamW8bit cannot step cpu float32 tensors "
+        "(NotImplementedError: no kernel for cpu tensors in this fake)"
+    )
+    assert reasons["bitsandbytes.optim.PagedAdamW"].startswith("bitsandbytes 0.0-fake: the same as AdamW on cpu")
+    assert "cannot step" in reasons["bitsandbytes.optim.PagedAdamW8bit"]
+
+
+def test_real_bitsandbytes_steps_or_says_why(tmp_path):
+    """With bitsandbytes installed (the `peers` extra): each class is timed or listed with its
+    reason, and the 8-bit state is ~2 bytes per parameter (two uint8 moments and a float32
+    absmax per block of 256)."""
+    pytest.importorskip("bitsandbytes")
+    data = _bench(tmp_path, "--sizes", "64k", "--dtypes", "fp32", "--only", "bitsandbytes")
+    rows = {r["name"]: r for r in data["rows"]}
+    reasons = dict(data["skipped"])
+    for name in ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit"):
+        name = f"bitsandbytes.optim.{name}"
+        assert (name in rows and rows[name]["status"] == "ok") != bool(reasons.get(name)), name
+    if "bitsandbytes.optim.AdamW" in rows:
+        assert rows["bitsandbytes.optim.AdamW"]["state_bytes_per_param"] == 8
+    if "bitsandbytes.optim.AdamW8bit" in rows:
+        r = rows["bitsandbytes.optim.AdamW8bit"]
+        assert 2 + 8 / 256 <= r["state_bytes_per_param"] < 2.1, r
+        assert r["ideal_bytes_per_param"] == 12 + 2 * r["state_bytes_per_param"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compiled_step_is_timed_when_named(tmp_path):
+    """`--only compile` brings the torch.compile row back under --quick; its warm-up absorbs the
+    compile (one tensor: ~4-10 s on 2 cores), so it is timed like any other row."""
+    reason = peers.compile_unavailable("cpu")
+    data = _bench(tmp_path, "--sizes", "4k", "--dtypes", "fp32", "--only", "compile")
+    rows = {r["name"]: r for r in data["rows"]}
+    if reason:  # no C++ compiler here: listed with the reason instead
+        assert dict(data["skipped"])[peers.COMPILED] == reason
+        return
+    r = rows[peers.COMPILED]
+    assert r["status"] == "ok" and r["samples"] >= 3 and r["state_bytes_per_param"] == 8, r
+    # the warm-up took the compile: no timed step is anywhere near a compile's duration
+    assert r["ms_max"] < 1000, r
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compiled_step_compiles_once_and_matches_eager():
+    """lr is a float and the step count a tensor: the graph built on step 1 serves every later
+    step, and it computes what the eager step computes."""
+    if peers.compile_unavailable("cpu"):
+        pytest.skip(peers.compile_unavailable("cpu"))
+    import torch._dynamo
+
+    (c,) = peers.compile_contenders(torch.device("cpu"), [torch.float32])
+    assert c.compiles and c.warmup >= 2 and c.skip is None
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    shapes = [(64, 32), (32,)]
+    compiled, eager = (make_params(shapes, torch.float32, torch.device("cpu")) for _ in range(2))
+    opt, ref = c.make(compiled), torch.optim.AdamW(eager, **peers.HYPER, foreach=True)
+    for _ in range(4):
+        opt.step()
+        ref.step()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for p, q in zip(compiled, eager):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_real_torchao_steps_or_says_why(tmp_path):
+    """With torchao installed: its optimizers are timed (after compiling in the warm-up) or listed."""
+    pytest.importorskip("torchao.optim")
+    data = _bench(tmp_path, "--sizes", "64k", "--dtypes", "fp32", "--only", "torchao")
+    rows = {r["name"]: r for r in data["rows"]}
+    reasons = dict(data["skipped"])
+    for name in ("AdamW8bit", "AdamW4bit", "AdamWFp8"):
+        name = f"torchao.optim.{name}"
+        assert (name in rows and rows[name]["status"] == "ok") != bool(reasons.get(name)), name
 
 
 def test_gpt2_layout_shapes():

@@ -5,16 +5,34 @@ A :class:`Contender` builds an optimizer over a list of parameters. All of them 
 the same hyperparameters (lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2; optimi's own eps
 and betas defaults are overridden to match), so they do the same work per step.
 
-Peers that are not installed are listed with the reason instead of being timed:
-``torch.optim.AdamW`` (for-loop, foreach, fused; always present), `optimi
+The peers: ``torch.optim.AdamW`` (for-loop, foreach, fused; always present), the same with its
+``step`` called from a ``torch.compile``d function (PyTorch's "Compiling the optimizer with
+torch.compile" recipe; needs a C++ compiler on CPU, Triton on CUDA), `optimi
 <https://optimi.benjaminwarner.dev>`_ (``torch-optimi``), `bitsandbytes
-<https://github.com/bitsandbytes-foundation/bitsandbytes>`_ and `torchao
-<https://github.com/pytorch/ao>`_ (``torchao.optim``).
+<https://github.com/bitsandbytes-foundation/bitsandbytes>`_ (``AdamW`` with 32-bit state,
+``AdamW8bit``, and their ``Paged`` variants) and `torchao <https://github.com/pytorch/ao>`_
+(``torchao.optim.AdamW8bit``, ``AdamW4bit``, ``AdamWFp8`` and, for bf16,
+``_AdamW(bf16_stochastic_round=True)``). A peer that is not installed, or cannot step tensors
+of the benchmark's device and dtype, is listed with the reason instead of being timed.
+
+On CPU with torch 2.13.0 (measured with bitsandbytes 0.50.2 and torchao 0.18.0) all of them
+step, except that bitsandbytes' paged optimizers fall back to the unpaged ones (with a
+warning), so they are listed rather than timed twice. The ``peers`` extra installs optimi,
+bitsandbytes and torchao; to add them to an environment on their own, keeping its torch::
+
+    PIP_CONSTRAINT=constraints.txt pip install torch-optimi bitsandbytes torchao
+
+Contenders that compile on their first step (``compiles=True``: the ``torch.compile`` row, and
+torchao, which compiles its update per parameter shape) take seconds to a minute of warm-up
+per case (docs/backends.md has the numbers). They get at least two warm-up steps, so no timed
+step compiles, and ``decoupled bench --quick`` leaves them out unless ``--only`` names them.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +46,9 @@ HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
 
 # The row every other row is divided by (at the same size, layout and dtype).
 REFERENCE = "torch.optim.AdamW(fused=True)"
+
+# torch.optim.AdamW with its step compiled (PyTorch's "Compiling the optimizer" recipe).
+COMPILED = "torch.compile(torch.optim.AdamW.step)"
 
 Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -43,6 +64,10 @@ class Contender:
     note: str = ""
     skip: str | None = None  # why it is not timed (not installed, wrong device...)
     extra: dict = field(default_factory=dict)
+    # The first step(s) run torch.compile (seconds to a minute): such a contender gets at least
+    # ``warmup`` untimed steps, and ``--quick`` leaves it out unless ``--only`` names it.
+    compiles: bool = False
+    warmup: int = 1
 
     @property
     def label(self) -> str:
@@ -94,11 +119,92 @@ def torch_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Co
     return out
 
 
+@functools.cache
+def compile_unavailable(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device_type`` here (None when it can).
+
+    Inductor compiles C++ on CPU and Triton on CUDA; both are looked up the way Inductor does,
+    without compiling anything.
+    """
+    try:
+        if device_type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        elif device_type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                return "torch.compile needs Triton for CUDA kernels (pip install triton)"
+        else:
+            return f"torch.compile is not tried on {device_type} here"
+    except Exception as err:  # no C++ compiler, or an Inductor that fails to load
+        return f"torch.compile cannot build {device_type} kernels ({type(err).__name__}: {err})"
+    return None
+
+
+def _compiled_adamw(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` whose ``step`` runs a ``torch.compile``d function calling the eager step.
+
+    The graph is built on the first step and serves every later one: lr stays a Python float,
+    and the step count is a tensor, so nothing the guards check changes from step to step.
+    foreach=True is what ``torch.optim.AdamW`` picks on CUDA, and what PyTorch's compiled
+    optimizer fuses horizontally (it also compiles faster than the for-loop here: 42 s against
+    55 s for GPT-2's 148 tensors on 2 cores).
+    """
+    opt = torch.optim.AdamW(ps, **HYPER, foreach=True)
+    eager_step = opt.step
+
+    @torch.compile(fullgraph=False)
+    def compiled_step():
+        eager_step()
+
+    opt.step = compiled_step  # type: ignore[method-assign]
+    return opt
+
+
+def compile_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
+    reason = compile_unavailable(device.type)
+    note = "foreach=True, compiled in the warm-up"
+    return [
+        Contender(COMPILED, "torch", dt, _compiled_adamw, note=note, skip=reason, compiles=True, warmup=2)
+        for dt in dtypes
+    ]
+
+
 def _import(module: str) -> tuple[object | None, str | None]:
+    """The module, or why it cannot be imported. Its import-time log chatter (optional native
+    libraries it could not load, torch's deprecation notes about how it registers types) is
+    kept off the benchmark's output."""
+    loggers = [logging.getLogger(name) for name in {module.split(".")[0], "torch"}]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         return importlib.import_module(module), None
     except Exception as err:  # ImportError, or a broken install raising something else
         return None, f"not installed ({type(err).__name__}: {err})"
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _version(module) -> str:
+    return str(getattr(module, "__version__", "?"))
+
+
+def _probe(make: Factory, device: torch.device, dtype: torch.dtype) -> tuple[str | None, list[str]]:
+    """One step on a 4096-element parameter (as large as bitsandbytes' smallest 8-bit state):
+    the error it raises, if any, and the warnings it gives."""
+    p = torch.nn.Parameter(torch.full((4096,), 0.02, device=device, dtype=dtype))
+    p.grad = torch.full_like(p, 1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            make([p]).step()
+        except Exception as err:
+            return f"{type(err).__name__}: {err}".splitlines()[0][:200], []
+    return None, [str(w.message).splitlines()[0] for w in caught]
 
 
 def _quiet(cls, *args, **kwargs):
@@ -131,34 +237,79 @@ def optimi_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[C
 
 
 def bitsandbytes_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
+    """``AdamW`` (32-bit state), ``AdamW8bit`` (8-bit blockwise state, 256 per block) and their
+    ``Paged`` variants (state in CUDA unified memory). Each is first probed with one small step
+    on the device: a class that cannot step there is listed with bitsandbytes' error, and a
+    paged class that falls back to the unpaged one (bitsandbytes warns so on CPU) with that
+    warning."""
     bnb, reason = _import("bitsandbytes")
     out = []
-    for cls_name in ("AdamW", "AdamW8bit"):
+    for dt in dtypes:
+        for cls_name in ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit"):
 
-        def make(ps, cls_name=cls_name):
-            return getattr(bnb.optim, cls_name)(ps, **HYPER)  # type: ignore[union-attr]
+            def make(ps, cls_name=cls_name):
+                return getattr(bnb.optim, cls_name)(ps, **HYPER)  # type: ignore[union-attr]
 
-        out.append(Contender(f"bitsandbytes.optim.{cls_name}", "bitsandbytes", torch.float32, make, skip=reason))
+            skip = reason
+            if skip is None:
+                version = f"bitsandbytes {_version(bnb)}"
+                error, said = _probe(make, device, dt)
+                fallback = [w for w in said if "not supported" in w.lower()]
+                if error:
+                    skip = f"{version}: {cls_name} cannot step {device.type} {dtype_name(dt)} tensors ({error})"
+                elif cls_name.startswith("Paged") and fallback:
+                    skip = f"{version}: the same as {cls_name[5:]} on {device.type} ({fallback[0]})"
+            note = "8-bit blockwise state" if "8bit" in cls_name else "fp32 state"
+            out.append(Contender(f"bitsandbytes.optim.{cls_name}", "bitsandbytes", dt, make, note=note, skip=skip))
     return out
 
 
 def torchao_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
+    """``AdamW8bit``, ``AdamW4bit`` and ``AdamWFp8`` (quantized blockwise state), and for bf16
+    parameters ``_AdamW(bf16_stochastic_round=True)``. torchao compiles its update for each
+    parameter shape on the first step, so these need what ``torch.compile`` needs."""
     ao, reason = _import("torchao.optim")
+    if reason is None:
+        reason = compile_unavailable(device.type)
+        if reason is not None:
+            reason = f"torchao {_version(_import('torchao')[0])} compiles its step: {reason}"
     out = []
-    for cls_name in ("AdamW8bit", "AdamW4bit", "AdamWFp8"):
+    for dt in dtypes:
+        variants = [
+            ("AdamW8bit", {}, "8-bit blockwise state"),
+            ("AdamW4bit", {}, "4-bit blockwise state"),
+            ("AdamWFp8", {}, "fp8 blockwise state"),
+        ]
+        if dt == torch.bfloat16:
+            variants.append(("_AdamW", {"bf16_stochastic_round": True}, "bf16 state, stochastic rounding"))
+        for cls_name, kwargs, note in variants:
 
-        def make(ps, cls_name=cls_name):
-            return getattr(ao, cls_name)(ps, **HYPER)  # type: ignore[union-attr]
+            def make(ps, cls_name=cls_name, kwargs=kwargs):
+                return getattr(ao, cls_name)(ps, **HYPER, **kwargs)  # type: ignore[union-attr]
 
-        out.append(Contender(f"torchao.optim.{cls_name}", "torchao", torch.float32, make, skip=reason))
+            args = "".join(f"{k}={v}" for k, v in kwargs.items())
+            out.append(
+                Contender(
+                    f"torchao.optim.{cls_name}" + (f"({args})" if args else ""),
+                    "torchao",
+                    dt,
+                    make,
+                    note=note,
+                    skip=reason,
+                    compiles=True,
+                    warmup=2,
+                )
+            )
     return out
 
 
 def all_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
-    """Every contender, the ``decoupled`` rows first and the reference last of the torch rows."""
+    """Every contender: the ``decoupled`` rows first, then ``torch.optim.AdamW`` (the reference
+    last of its three), its compiled step, and the other libraries."""
     return [
         *decoupled_contenders(device, dtypes),
         *torch_contenders(device, dtypes),
+        *compile_contenders(device, dtypes),
         *optimi_contenders(device, dtypes),
         *bitsandbytes_contenders(device, dtypes),
         *torchao_contenders(device, dtypes),

@@ -32,6 +32,7 @@ import gc
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes and few repeats: checks that everything runs (numbers mean little)",
+        help="tiny sizes and few repeats: checks that everything runs (numbers mean little); leaves out "
+        "the contenders that compile on their first step (torch.compile, torchao: seconds to a minute "
+        "each) unless --only names them",
     )
     parser.add_argument("--out", default="bench-results", help="folder for results.json, results.md and results.png")
     parser.add_argument(
@@ -124,6 +127,28 @@ def _selected(contenders: list[peers.Contender], only: str | None) -> list[peers
         return contenders
     words = _split(only)
     return [c for c in contenders if c.name == peers.REFERENCE or any(w in c.name for w in words)]
+
+
+def _quick_rule(contenders: list[peers.Contender], only: str | None) -> list[peers.Contender]:
+    """Under ``--quick``, contenders that compile on their first step are listed as not timed,
+    unless ``--only`` names them: compiling takes longer than the rest of a quick run."""
+    words = _split(only or "")
+    return [
+        replace(
+            c, skip="compiles on its first step (seconds to a minute); --quick leaves it out unless --only names it"
+        )
+        if c.compiles and not c.skip and not any(w in c.name for w in words)
+        else c
+        for c in contenders
+    ]
+
+
+def _forget_compiled() -> None:
+    """Drop what torch.compile cached for the previous case: compiled steps keep that case's
+    tensors alive, and a function compiled afresh for each new optimizer would otherwise reach
+    Dynamo's recompile limit (8) after a few cases and silently run eagerly."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
 
 
 def _state_fits(params, contenders, available: int | None) -> bool:
@@ -214,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
     during = machine.OtherLoad().start()
 
     contenders = _selected(peers.all_contenders(device, [DTYPES[d] for d in dtype_names]), args.only)
+    if args.quick:
+        contenders = _quick_rule(contenders, args.only)
     cases = [(n, lay, dt) for n in sizes for lay in layout_names for dt in dtype_names]
     progress = report.Progress(len(cases) + 2, enabled=not args.no_progress)
 
@@ -233,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
                 "device": str(device),
             }
             progress.update(f"{case['size']} {lay} {dt}")
+            _forget_compiled()
             params = make_params(shapes, DTYPES[dt], device)
             mine = [c for c in contenders if c.dtype == DTYPES[dt] and not c.skip]
             interleave = not args.sequential and _state_fits(params, mine, machine.available_bytes())
@@ -240,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
                 mine,
                 params,
                 device,
-                warmup=args.warmup,
+                # a contender that compiles gets at least its own warm-up, so no timed step compiles
+                warmup=max([args.warmup, *(c.warmup for c in mine)]),
                 repeats=args.repeats,
                 min_repeats=min(args.min_repeats, args.repeats),
                 budget_s=args.budget,
@@ -253,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
             case["interleaved"] = interleave
             rows += [_row(case, c, results.get(c.label)) for c in mine]
             del params, results
+            _forget_compiled()
             gc.collect()
             progress.advance()
         progress.update("bandwidth again (drift check)")

@@ -78,10 +78,24 @@ def test_rows_have_sane_numbers(result):
 def test_bytes_per_parameter(result):
     """fp32 AdamW: 8 B of state and 28 B of traffic per parameter; bf16: half of each."""
     for r in result["rows"]:
-        if r["status"] == "ok" and r["family"] in ("decoupled", "torch"):
+        if r["status"] == "ok" and r["family"] in ("decoupled", "torch") and r["note"] != "state format":
             expected_state = {"fp32": 8, "bf16": 4}[r["dtype"]]
             assert r["state_bytes_per_param"] == expected_state, r
             assert r["ideal_bytes_per_param"] == {"fp32": 28, "bf16": 14}[r["dtype"]], r
+
+
+def test_state_format_rows(result):
+    """The formats' rows report their own state bytes: bf16 moments 4 B, 8-bit about 2 B on a
+    tensor of 16k elements (tensors under 4096 elements keep fp32 moments), Kahan +2 B."""
+    rows = {(r["name"], r["layout"], r["dtype"]): r for r in result["rows"] if r["note"] == "state format"}
+    state = {key: r["state_bytes_per_param"] for key, r in rows.items() if r["status"] == "ok"}
+    assert state[("decoupled.AdamW(moments='bf16')", "single", "fp32")] == 4
+    assert state[("decoupled.AdamW(moments='8bit')", "single", "fp32")] == 2 + 4 / 256 * 2  # codes + fp32 scales
+    assert state[("decoupled.AdamW(param_rounding='kahan')", "single", "bf16")] == 6
+    assert state[("decoupled.AdamW(param_rounding='stochastic')", "single", "bf16")] == 4
+    assert 2 < state[("decoupled.AdamW(moments='8bit', param_rounding='stochastic')", "gpt2", "bf16")] <= 8
+    for r in rows.values():
+        assert r["ideal_bytes_per_param"] == 3 * {"fp32": 4, "bf16": 2}[r["dtype"]] + 2 * r["state_bytes_per_param"]
 
 
 def test_unavailable_peers_are_listed_not_timed(result):

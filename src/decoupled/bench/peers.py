@@ -104,7 +104,31 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                     skip=reason,
                 )
             )
+        for options in FORMATS.get(dt, ()):
+            text = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            out.append(
+                Contender(
+                    f"decoupled.AdamW({text})",
+                    "decoupled",
+                    dt,
+                    lambda ps, options=options: decoupled.AdamW(ps, **options, **HYPER),
+                    note="state format",
+                    extra={"format": options},
+                )
+            )
     return out
+
+
+# The state formats timed (decoupled.formats), by parameter dtype: lower-memory moments for fp32
+# weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments.
+FORMATS: dict[torch.dtype, list[dict[str, str]]] = {
+    torch.float32: [{"moments": "bf16"}, {"moments": "8bit"}],
+    torch.bfloat16: [
+        {"param_rounding": "kahan"},
+        {"param_rounding": "stochastic"},
+        {"moments": "8bit", "param_rounding": "stochastic"},
+    ],
+}
 
 
 def torch_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:

@@ -66,14 +66,25 @@ def time_step(opt: torch.optim.Optimizer, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _stored(value: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold ``value``'s data: itself, or for a wrapper subclass (torchao's
+    quantized optimizer states: uint8 codes, a float32 scale per block, a lookup table) its
+    inner tensors, whose bytes are not ``numel() * element_size()`` of the wrapper."""
+    if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+        names, _ = value.__tensor_flatten__()
+        return [t for name in names for t in _stored(getattr(value, name))]
+    return [value]
+
+
 def state_bytes(opt: torch.optim.Optimizer) -> tuple[int, list[str]]:
     """Bytes of the per-element state tensors of ``opt`` (scalars such as ``step`` excluded)."""
     total, dtypes = 0, set()
     for per_param in opt.state.values():
         for value in per_param.values() if isinstance(per_param, dict) else ():
             if torch.is_tensor(value) and value.dim() > 0:
-                total += value.numel() * value.element_size()
-                dtypes.add(str(value.dtype).replace("torch.", ""))
+                for t in _stored(value):
+                    total += t.numel() * t.element_size()
+                    dtypes.add(str(t.dtype).replace("torch.", ""))
     return total, sorted(dtypes)
 
 

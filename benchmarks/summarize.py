@@ -20,20 +20,38 @@ ROWS = [  # (name in results.json, label in the table)
     ("torch.optim.AdamW(fused=True)", "`torch.optim.AdamW(fused=True)`"),
     ("torch.optim.AdamW(foreach=True)", "`torch.optim.AdamW(foreach=True)`"),
     ("torch.optim.AdamW(foreach=False)", "`torch.optim.AdamW(foreach=False)`"),
+    ("torch.compile(torch.optim.AdamW.step)", "`torch.compile`d `torch.optim.AdamW` step"),
     ("optimi.AdamW(foreach)", "`optimi.AdamW` (foreach)"),
     ("optimi.AdamW(for-loop)", "`optimi.AdamW` (for-loop)"),
+    ("bitsandbytes.optim.AdamW", "`bitsandbytes.optim.AdamW`"),
+    # lower-memory state
+    ("decoupled.AdamW(moments='bf16')", "`decoupled.AdamW(moments='bf16')`"),
+    ("decoupled.AdamW(moments='8bit')", "`decoupled.AdamW(moments='8bit')`"),
+    ("decoupled.AdamW(param_rounding='kahan')", "`decoupled.AdamW(param_rounding='kahan')`"),
+    ("decoupled.AdamW(param_rounding='stochastic')", "`decoupled.AdamW(param_rounding='stochastic')`"),
+    (
+        "decoupled.AdamW(moments='8bit', param_rounding='stochastic')",
+        "`decoupled.AdamW(moments='8bit', param_rounding='stochastic')`",
+    ),
+    ("bitsandbytes.optim.AdamW8bit", "`bitsandbytes.optim.AdamW8bit`"),
+    ("torchao.optim.AdamW8bit", "`torchao.optim.AdamW8bit`"),
+    ("torchao.optim.AdamW4bit", "`torchao.optim.AdamW4bit`"),
+    ("torchao.optim.AdamWFp8", "`torchao.optim.AdamWFp8`"),
+    ("torchao.optim._AdamW(bf16_stochastic_round=True)", "`torchao.optim._AdamW(bf16_stochastic_round=True)`"),
 ]
 
 
 def table(result: dict, dtype: str) -> list[str]:
     rows = [r for r in result["rows"] if r["dtype"] == dtype and r["status"] == "ok"]
     cases = list(dict.fromkeys((r["size"], r["layout"], r["numel"], r["tensors"]) for r in rows))
-    head = "| implementation | " + " | ".join(
+    head = "| implementation | state B/param | " + " | ".join(
         f"{size} {'1 tensor' if tensors == 1 else f'GPT-2 ({tensors} tensors)'}" for size, _, _, tensors in cases
     )
-    lines = [head + " |", "|---|" + "---|" * len(cases)]
+    lines = [head + " |", "|---|---|" + "---|" * len(cases)]
     for name, label in ROWS:
-        cells = []
+        mine = [x for x in rows if x["name"] == name]
+        largest = max(mine, key=lambda x: (x["layout"] == "single", x["numel"]), default=None)
+        cells = [f"{largest['state_bytes_per_param']:.2f}" if largest else "-"]
         for size, layout, _, _ in cases:
             r = next((x for x in rows if (x["name"], x["size"], x["layout"]) == (name, size, layout)), None)
             if r is None:
@@ -41,7 +59,7 @@ def table(result: dict, dtype: str) -> list[str]:
                 continue
             ratio, gbs, pct = r["ratio_vs_fused"], r["effective_gbs"], r["pct_of_bandwidth"]
             cells.append(f"{r['ms']:.1f} ms, **{ratio:.2f}x**, {gbs:.0f} GB/s ({pct:.0f}%)")
-        if any(c != "-" for c in cells):
+        if any(c != "-" for c in cells[1:]):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -57,12 +75,15 @@ def main(path: str) -> str:
         "in rounds so that a slower moment of the machine hits all of them alike. Each cell: median",
         "ms/step, **the ratio to `torch.optim.AdamW(fused=True)` in the same run** (above 1 is faster),",
         "effective GB/s (ideal bytes of the format per parameter x parameters / time: 28 B for fp32,",
-        "14 B for bf16) and its share of the measured memory bandwidth.",
+        "14 B for bf16; for other state formats, 3 x the weight's bytes + 2 x the state's) and its share",
+        "of the measured memory bandwidth. State B/param: bytes of optimizer state per parameter, at the",
+        "largest single-tensor size (8-bit formats keep tensors under 4096 elements in fp32).",
         "",
         f"Machine: {m['cpu']}, {m['nproc']} cores, {m['memory_gib'].get('MemTotal')} GiB, "
         f"caches {m.get('caches')}. "
         f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, "
-        f"optimi {m['versions'].get('optimi')}. "
+        + ", ".join(f"{k} {v}" for k, v in sorted(m["versions"].items()) if k != "torch" and v)
+        + ". "
         f"{m['date']}.",
         f"Measured bandwidth in the same run: copy {bw['before']['copy_gbs']:.1f} GB/s, triad "
         f"{bw['before']['triad_gbs']:.1f} GB/s, in-place update {bw['before'].get('update_gbs', 0):.1f} GB/s "

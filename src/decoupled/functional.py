@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
-from .rule import Decay, GroupCoefficients, group_coefficients
+from .rule import Decay, group_coefficients
 
-__all__ = ["adamw", "adam", "run", "coefficients"]
+__all__ = ["adamw", "adam", "run"]
 
 
 def adamw(
@@ -129,7 +129,7 @@ def run(
 
     The optimizer classes call this once per group after checking everything up front.
     """
-    c = coefficients(
+    c = group_coefficients(
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -150,32 +150,6 @@ def run(
         list(state_steps),
         c,
         differentiable=differentiable,
-    )
-
-
-def coefficients(
-    *,
-    lr: float | torch.Tensor,
-    beta1: float | torch.Tensor,
-    beta2: float | torch.Tensor,
-    eps: float,
-    weight_decay: float,
-    decay: Decay | str,
-    lr_max: float | None,
-    amsgrad: bool,
-    maximize: bool,
-) -> GroupCoefficients:
-    """The step's :class:`~decoupled.rule.GroupCoefficients` (tensor hyperparameters read once)."""
-    return group_coefficients(
-        lr=float(lr),
-        beta1=float(beta1),
-        beta2=float(beta2),
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        lr_max=lr_max,
-        amsgrad=amsgrad,
-        maximize=maximize,
     )
 
 

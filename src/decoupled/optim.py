@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from . import backends, formats, functional, statedict
 from .formats import execute as formats_execute
 from .hyper import check_group, check_number
-from .rule import Decay
+from .rule import Decay, group_coefficients
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
 
@@ -325,7 +325,7 @@ class _AdamFamily(Optimizer):
                         plan.formatted,
                         [p.grad for p in plan.formatted],  # type: ignore[misc]
                         states,
-                        functional.coefficients(**hyper),
+                        group_coefficients(**hyper),
                         moments=moments,
                         rounding=rounding,
                     )

@@ -94,9 +94,9 @@ class GroupCoefficients:
 
 def group_coefficients(
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | torch.Tensor,
+    beta1: float | torch.Tensor,
+    beta2: float | torch.Tensor,
     eps: float,
     weight_decay: float,
     decay: Decay | str,
@@ -104,7 +104,9 @@ def group_coefficients(
     amsgrad: bool = False,
     maximize: bool = False,
 ) -> GroupCoefficients:
-    """The per-group scalars for one step, for any of the three conventions."""
+    """The per-group scalars for one step, for any of the three conventions (a tensor lr or beta
+    is read once, as a Python float)."""
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
     decay = Decay(decay)
     decay_factor, decay_per_lr, l2 = 1.0, 0.0, 0.0
     if weight_decay != 0:

@@ -57,7 +57,10 @@ def step(
         chosen = [[ts[i] for i in indices] for ts in lists]
         _match_layouts(chosen, copy_back)
         kernel(
-            *chosen[:4],
+            chosen[0],
+            chosen[1],
+            chosen[2],
+            chosen[3],
             chosen[4] if c.amsgrad else [],
             [state_steps[i] for i in indices],
             amsgrad=c.amsgrad,

@@ -36,13 +36,14 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 import decoupled
 from decoupled import backends
 
-HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+HYPER: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
 
 # The row every other row is divided by (at the same size, layout and dtype).
 REFERENCE = "torch.optim.AdamW(fused=True)"

@@ -134,8 +134,10 @@ def convert_entry(
         source = which(entry, moment, param)
         if source is None:
             continue
-        same_dense = isinstance(source, Dense) and isinstance(fmt, Dense)
-        if source is fmt or (same_dense and source.dtype_for(param) == fmt.dtype_for(param)):
+        same_dtype = (
+            isinstance(source, Dense) and isinstance(fmt, Dense) and source.dtype_for(param) == fmt.dtype_for(param)
+        )
+        if source is fmt or same_dtype:
             kept = {k: entry[k].to(param.device) for k in fmt.keys(moment)}
             kept = {k: v.contiguous() if contiguous else _like(param, v) for k, v in kept.items()}
             out.update(kept)
@@ -147,12 +149,10 @@ def convert_entry(
             out.update(encoded)
     if rounding == "kahan" and is_low_precision(param):
         comp = entry.get(COMPENSATION_KEY)
-        ok = isinstance(comp, torch.Tensor) and comp.shape == param.shape
-        out[COMPENSATION_KEY] = (
-            comp.to(param.device, param.dtype).contiguous()
-            if ok
-            else torch.zeros(param.shape, dtype=param.dtype, device=param.device)
-        )
+        if isinstance(comp, torch.Tensor) and comp.shape == param.shape:
+            out[COMPENSATION_KEY] = comp.to(param.device, param.dtype).contiguous()
+        else:
+            out[COMPENSATION_KEY] = torch.zeros(param.shape, dtype=param.dtype, device=param.device)
     return out
 
 

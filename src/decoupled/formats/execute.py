@@ -64,9 +64,12 @@ def step(
     *,
     moments: MomentFormat,
     rounding: str,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> None:
-    """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted state."""
+    """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted state.
+
+    ``chunk``: elements per arena buffer (default :data:`CHUNK`, read at call time)."""
+    chunk = chunk or CHUNK
     names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if c.amsgrad else ("exp_avg", "exp_avg_sq")
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, p in enumerate(params):

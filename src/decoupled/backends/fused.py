@@ -93,11 +93,10 @@ def _match_layouts(lists: list[list[torch.Tensor]], copy_back: list[tuple[torch.
     for j, (p, g) in enumerate(zip(params, grads)):
         if p.is_contiguous() and g.is_contiguous():  # the common case; moments follow p (see _init_state)
             continue
-        tensors = [g, *(ts[j] for ts in others)]
-        if all(t.stride() == p.stride() for t in tensors) and torch.empty_like(p).stride() == p.stride():
-            continue  # e.g. a transposed weight with a transposed gradient and moments
-        if torch.empty_like(p).stride() == p.stride():  # dense: give the others p's layout
-            grads[j] = torch.empty_like(p).copy_(grads[j]) if grads[j].stride() != p.stride() else grads[j]
+        dense = torch.empty_like(p).stride() == p.stride()  # empty_like keeps a dense tensor's strides
+        if dense:  # give the gradient and moments p's layout where they differ
+            if g.stride() != p.stride():
+                grads[j] = torch.empty_like(p).copy_(g)
             for ts in others:
                 if ts[j].stride() != p.stride():
                     copy = torch.empty_like(p, dtype=ts[j].dtype).copy_(ts[j])

@@ -8,7 +8,10 @@ checked locally (decoupled.AdamW against torch.optim.AdamW under the same wrappe
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -122,7 +125,13 @@ def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path) -
         assert torch.equal(_local(value), expected_state[key]), f"rank {rank}: optimizer state {key!r} differs"
 
 
+def done_marker(out_dir: str | Path, kind: str, rank: int) -> Path:
+    """Written by a worker once every check of its run has passed, before the process group is torn down."""
+    return Path(out_dir) / f"{kind}_rank{rank}.done"
+
+
 def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
+    faulthandler.enable(all_threads=True)  # a C++ abort (SIGABRT) prints every thread's Python stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -149,6 +158,20 @@ def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
             if rank == 0:
                 torch.save(full, Path(out_dir) / f"{kind}_{backend}.pt")
         _checkpoint_round_trip(kind, mesh, rank, world, Path(out_dir) / f"{kind}_dcp")
-        dist.barrier()
+        # Release the wrapped models, their hooks and the mesh's groups while every rank is still
+        # connected, so that no process-group object outlives destroy_process_group.
+        del ours, theirs, mesh
+        gc.collect()
+        done_marker(out_dir, kind, rank).touch()
+        dist.barrier()  # past it, every rank's marker exists
     finally:
         dist.destroy_process_group()
+
+
+def abort(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
+    """A worker that dies of SIGABRT, after its done marker when ``kind`` ends in "-after-checks"."""
+    if kind.endswith("-after-checks"):
+        done_marker(out_dir, kind, rank).touch()
+        while not all(done_marker(out_dir, kind, r).exists() for r in range(world)):  # the barrier
+            time.sleep(0.01)
+    os.abort()

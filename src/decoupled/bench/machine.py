@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -137,7 +138,7 @@ def git_commit() -> str | None:
 
 def describe(device: torch.device) -> dict:
     """A JSON-able record of the machine and software."""
-    info = {
+    info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),

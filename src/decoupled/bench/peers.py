@@ -96,23 +96,31 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
         )
         for name in backends.BACKENDS:
             reason = backends.unsupported_reason(name, probe[dt], differentiable=False)
+
+            def make_backend(ps: list[torch.nn.Parameter], name: str = name) -> torch.optim.Optimizer:
+                return decoupled.AdamW(ps, backend=name, **HYPER)
+
             out.append(
                 Contender(
                     f"decoupled backend={name}",
                     "decoupled",
                     dt,
-                    lambda ps, name=name: decoupled.AdamW(ps, backend=name, **HYPER),
+                    make_backend,
                     skip=reason,
                 )
             )
         for options in FORMATS.get(dt, ()):
             text = ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+            def make_format(ps: list[torch.nn.Parameter], options: dict[str, Any] = options) -> torch.optim.Optimizer:
+                return decoupled.AdamW(ps, **options, **HYPER)
+
             out.append(
                 Contender(
                     f"decoupled.AdamW({text})",
                     "decoupled",
                     dt,
-                    lambda ps, options=options: decoupled.AdamW(ps, **options, **HYPER),
+                    make_format,
                     note="state format",
                     extra={"format": options},
                 )
@@ -140,7 +148,11 @@ def torch_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Co
             ("torch.optim.AdamW(foreach=True)", {"foreach": True}),
             (REFERENCE, {"fused": True}),
         ):
-            out.append(Contender(name, "torch", dt, lambda ps, flags=flags: torch.optim.AdamW(ps, **HYPER, **flags)))
+
+            def make(ps: list[torch.nn.Parameter], flags: dict[str, Any] = flags) -> torch.optim.Optimizer:
+                return torch.optim.AdamW(ps, **HYPER, **flags)
+
+            out.append(Contender(name, "torch", dt, make))
     return out
 
 
@@ -181,7 +193,7 @@ def _compiled_adamw(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     eager_step = opt.step
 
     @torch.compile(fullgraph=False)
-    def compiled_step():
+    def compiled_step(closure: None = None) -> None:
         eager_step()
 
     opt.step = compiled_step  # type: ignore[method-assign]
@@ -248,12 +260,16 @@ def optimi_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[C
     for dt in dtypes:
         for label, flags in backends_:
             note = "bf16 with Kahan summation (optimi's default)" if dt != torch.float32 else ""
+
+            def make(ps: list[torch.nn.Parameter], flags: dict[str, Any] = flags) -> torch.optim.Optimizer:
+                return _quiet(optimi.AdamW, ps, **HYPER, **flags)  # type: ignore[union-attr]
+
             out.append(
                 Contender(
                     f"optimi.AdamW({label})",
                     "optimi",
                     dt,
-                    lambda ps, flags=flags: _quiet(optimi.AdamW, ps, **HYPER, **flags),  # type: ignore[union-attr]
+                    make,
                     note=note,
                     skip=reason,
                 )
@@ -300,7 +316,7 @@ def torchao_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[
             reason = f"torchao {_version(_import('torchao')[0])} compiles its step: {reason}"
     out = []
     for dt in dtypes:
-        variants = [
+        variants: list[tuple[str, dict[str, bool], str]] = [
             ("AdamW8bit", {}, "8-bit blockwise state"),
             ("AdamW4bit", {}, "4-bit blockwise state"),
             ("AdamWFp8", {}, "fp8 blockwise state"),

@@ -237,7 +237,8 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
                 + esc(label)
                 + (" in %" if percent else "")
                 + " (mean over seeds). <b>Black frame</b>: the cell chosen on the "
-                "validation split. <b>White dots</b>: the best wd at each lr (on validation, by the one-standard-error rule: "
+                "validation split. <b>White dots</b>: the best wd at each lr "
+                "(on validation, by the one-standard-error rule: "
                 "the strongest decay within one standard error of that lr's best). Grey ×: diverged. "
                 "Each convention's weight decay is in its own units, so compare the <i>shape</i> of the valleys: "
                 "a valley that runs diagonally means the best wd depends on lr."
@@ -303,7 +304,8 @@ def _write_report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]]
         "<p>Weight decay applies to weight matrices (tensors with 2+ dimensions); biases and "
         "normalization parameters are not decayed. Adam + L2 adds wd·θ to the gradient, so its decay is "
         "divided by √v like the gradient; AdamW multiplies θ by 1 − lr·wd each step (PyTorch's form); "
-        "the lr-independent form multiplies θ by 1 − η<sub>t</sub>·wd, where η<sub>t</sub> = lr<sub>t</sub>/lr<sub>peak</sub> "
+        "the lr-independent form multiplies θ by 1 − η<sub>t</sub>·wd, "
+        "where η<sub>t</sub> = lr<sub>t</sub>/lr<sub>peak</sub> "
         "is the schedule multiplier. Every run's numbers are in <code>results.json</code>.</p>"
     )
     subtitle = (

@@ -9,20 +9,25 @@ import platform
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-_CSS = """
+# Implicitly concatenated so that no source line is over the length limit; the text is one stylesheet.
+_CSS = (
+    """
 body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
  max-width:1120px;margin:2em auto;padding:0 1.2em;color:#222;line-height:1.5;background:#fcfcfa}
-h1{font-size:1.7em;margin-bottom:.1em} h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h1{font-size:1.7em;margin-bottom:.1em} """
+    """h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .sub{color:#666;margin-top:0}
 .findings{background:#f1f6f7;border-left:5px solid #00798c;padding:.8em 1.2em;border-radius:4px}
 .findings li{margin:.35em 0} .warn{background:#fff6e5;border-left:5px solid #edae49;padding:.6em 1em;border-radius:4px}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em} th,td{padding:.3em .8em;border-bottom:1px solid #e4e4e4;text-align:right}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em} """
+    """th,td{padding:.3em .8em;border-bottom:1px solid #e4e4e4;text-align:right}
 th{background:#f4f4f2} td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #eee;border-radius:4px;background:white}
 .cap{color:#555;font-size:.92em;margin-top:.2em} code{background:#f0f0ee;padding:0 .25em;border-radius:3px}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.35em;vertical-align:middle}
 footer{color:#888;font-size:.85em;margin-top:3em;border-top:1px solid #ddd;padding-top:.6em}
 """
+)
 
 
 def esc(x: Any) -> str:

@@ -19,11 +19,13 @@ import torch.distributed as dist
 from torch import nn
 
 import decoupled
+from decoupled.formats.rounding import NOISE
 from decoupled.schedules import CosineSchedule
 
 STEPS = 6
 RESUME_AT = 3
 BACKENDS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}, "auto": {}}
+FORMATS = {"moments": "bf16"}  # the low-memory state checked under FSDP2
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -44,14 +46,22 @@ def build_optimizer(
     return opt, CosineSchedule(opt, total_steps=STEPS, warmup_steps=1, min_factor=0.1)
 
 
+def seed_rounding(step: int) -> None:
+    """Make the stochastic rounding of the next step a function of ``step`` alone."""
+    torch.manual_seed(1000 + step)
+    NOISE.reset()
+
+
 def train(model, opt, sched, data, rank: int | None = None, world: int = 1) -> None:
-    """Steps over ``data``; with ``rank`` each process takes its contiguous share of every batch."""
+    """Steps over ``data``; with ``rank`` each process takes its contiguous share of every batch.
+    Stochastic rounding is seeded by the schedule's step, so a resumed run repeats it."""
     for x, y in data:
         if rank is not None:
             share = x.shape[0] // world
             x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
+        seed_rounding(sched.last_epoch)
         opt.step()
         sched.step()
 
@@ -90,14 +100,14 @@ def _full_params(kind: str, model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path) -> None:
+def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path, **options) -> None:
     """Train, save model + optimizer + schedule with DCP, resume in fresh objects: identical."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     data = batches()
     model = _wrap(kind, make_model(), mesh)
-    opt, sched = build_optimizer(model)
+    opt, sched = build_optimizer(model, **options)
     train(model, opt, sched, data[:RESUME_AT], rank, world)
     model_sd, optim_sd = get_state_dict(model, opt)
     dcp.save({"model": model_sd, "optim": optim_sd, "sched": sched.state_dict()}, checkpoint_id=str(path))
@@ -107,7 +117,7 @@ def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path) -
     expected_state = {k: _local(v).clone() for k, v in opt.state[next(iter(model.parameters()))].items()}
 
     model2 = _wrap(kind, make_model(seed=123), mesh)  # different weights: the load must set them
-    opt2, sched2 = build_optimizer(model2)
+    opt2, sched2 = build_optimizer(model2, **options)
     model_sd2, optim_sd2 = get_state_dict(model2, opt2)
     state = {"model": model_sd2, "optim": optim_sd2, "sched": sched2.state_dict()}
     dcp.load(state, checkpoint_id=str(path))
@@ -128,6 +138,59 @@ def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path) -
 def done_marker(out_dir: str | Path, kind: str, rank: int) -> Path:
     """Written by a worker once every check of its run has passed, before the process group is torn down."""
     return Path(out_dir) / f"{kind}_rank{rank}.done"
+
+
+def _formats_on_shards(mesh, rank: int, world: int) -> None:
+    """``FORMATS`` under FSDP2: the state is DTensors placed like the parameters, and every
+    shard's parameters and state equal, bitwise, the same optimizer run on plain copies of the
+    shards with the same gradients and the same rounding noise."""
+    model = _wrap("fsdp", make_model(), mesh)
+    opt, sched = build_optimizer(model, **FORMATS)
+    params = list(model.parameters())
+    shadows = [_local(p).detach().clone() for p in params]
+    shadow_of = {id(p): q for p, q in zip(params, shadows)}
+    shadow_groups = [{**g, "params": [shadow_of[id(p)] for p in g["params"]]} for g in opt.param_groups]
+    shadow_opt = decoupled.AdamW(shadow_groups, lr=1e-2)
+    shadow_sched = CosineSchedule(shadow_opt, total_steps=STEPS, warmup_steps=1, min_factor=0.1)
+    for step, (x, y) in enumerate(batches()):
+        share = x.shape[0] // world
+        opt.zero_grad()
+        nn.functional.mse_loss(
+            model(x[rank * share : (rank + 1) * share]), y[rank * share : (rank + 1) * share]
+        ).backward()
+        for p, q in zip(params, shadows):
+            q.grad = _local(p.grad).clone()
+        for o in (opt, shadow_opt):
+            seed_rounding(step)
+            o.step()
+        sched.step()
+        shadow_sched.step()
+        for i, (p, q) in enumerate(zip(params, shadows)):
+            assert torch.equal(_local(p), q), f"rank {rank} step {step}: shard of parameter {i} differs"
+            state, shadow_state = opt.state[p], shadow_opt.state[q]
+            assert state.keys() == shadow_state.keys(), (state.keys(), shadow_state.keys())
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = state[key]
+                assert type(value).__name__ == "DTensor" and value.placements == p.placements, (key, type(value))
+                assert value.dtype == torch.bfloat16 and value.shape == p.shape, (key, value.dtype, value.shape)
+                assert torch.equal(_local(value), shadow_state[key]), f"rank {rank} step {step}: {key} of {i} differs"
+
+
+def _blockwise_refused(mesh) -> None:
+    """moments='8bit' cannot shard its blocks: a clear error, raised before anything changes."""
+    torch.manual_seed(0)
+    model = _wrap("fsdp", nn.Sequential(nn.Linear(64, 64)), mesh)  # 4096 weights: blockwise, not fp32
+    opt = decoupled.AdamW(model.parameters(), moments="8bit")
+    model(torch.randn(2, 64)).sum().backward()
+    before = [_local(p).clone() for p in model.parameters()]
+    try:
+        opt.step()
+    except ValueError as error:
+        assert "moments='8bit' is blockwise" in str(error) and "moments='bf16'" in str(error), error
+    else:
+        raise AssertionError("moments='8bit' of a DTensor parameter was accepted")
+    assert all(torch.equal(_local(p), b) for p, b in zip(model.parameters(), before)), "parameters changed"
+    assert not opt.state, "state was created"
 
 
 def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
@@ -158,6 +221,10 @@ def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
             if rank == 0:
                 torch.save(full, Path(out_dir) / f"{kind}_{backend}.pt")
         _checkpoint_round_trip(kind, mesh, rank, world, Path(out_dir) / f"{kind}_dcp")
+        if kind == "fsdp":
+            _formats_on_shards(mesh, rank, world)
+            _blockwise_refused(mesh)
+            _checkpoint_round_trip(kind, mesh, rank, world, Path(out_dir) / f"{kind}_dcp_formats", **FORMATS)
         # Release the wrapped models, their hooks and the mesh's groups while every rank is still
         # connected, so that no process-group object outlives destroy_process_group.
         del ours, theirs, mesh

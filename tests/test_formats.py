@@ -17,7 +17,7 @@ import decoupled
 from decoupled import formats
 from decoupled.formats import execute
 from decoupled.formats.dense import BF16, Dense
-from decoupled.formats.rounding import stochastic_round_
+from decoupled.formats.rounding import NOISE, stochastic_round_
 
 HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
 
@@ -339,6 +339,38 @@ def test_format_checkpoint_round_trip_continues_identically():
     assert again.state[fresh[0]]["exp_avg"].dtype == torch.float32  # not cast to the weights' bf16
     run(fresh, again, 3, first=3)
     assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+
+
+def test_stochastic_rounding_resumes_bitwise_after_seed_and_noise_reset():
+    """With torch.manual_seed and NOISE.reset before each step, a stochastically rounded run
+    resumed from a checkpoint repeats the uninterrupted run bit for bit; without the reset the
+    cached noise pool differs and so do the results."""
+
+    def steps(params, opt, first, reset):
+        for t in range(first, first + 3):
+            set_grads(params, t)
+            torch.manual_seed(t)
+            if reset:
+                NOISE.reset()
+            opt.step()
+
+    options = dict(moments="bf16", param_rounding="stochastic", **HYPER)
+    params = params_like(torch.bfloat16)
+    opt = decoupled.AdamW(params, **options)
+    steps(params, opt, 0, reset=True)
+    saved_params, saved = copy.deepcopy([p.detach() for p in params]), copy.deepcopy(opt.state_dict())
+    steps(params, opt, 3, reset=True)
+
+    for reset, same in ((True, True), (False, False)):
+        fresh = [p.clone().requires_grad_() for p in saved_params]
+        again = decoupled.AdamW(fresh, **options)
+        again.load_state_dict(copy.deepcopy(saved))
+        NOISE.reset()  # the pool cached by the first run would otherwise make both cases equal
+        torch.randint(0, 2, (1,))  # the pool drawn now, at a different point of the generator
+        NOISE.add_to(torch.zeros(1, dtype=torch.int32))
+        steps(fresh, again, 3, reset=reset)
+        assert all(torch.equal(a, b) for a, b in zip(params, fresh)) is same
+        assert torch.equal(again.state[fresh[0]]["exp_avg"], opt.state[params[0]]["exp_avg"]) is same
 
 
 def test_torch_checkpoint_loads_into_a_format_and_back():

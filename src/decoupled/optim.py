@@ -193,12 +193,11 @@ class _AdamFamily(Optimizer):
             if not state:
                 state["step"] = torch.zeros((), dtype=_step_dtype(group["fused"]), device=p.device)
                 for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()):
-                    state.update(fmt.for_param(p).allocate(p, moment))
+                    state.update(formats.allocate(p, fmt, moment))
             elif group["amsgrad"] and formats.which(state, "max_exp_avg_sq", p) is None:
-                v = fmt.for_param(p).decode(state, p, "exp_avg_sq")  # amsgrad switched on mid-run
-                state.update(fmt.for_param(p).encode(v, p, "max_exp_avg_sq"))
+                state.update(formats.running_max_from_v(state, p, fmt))  # amsgrad switched on mid-run
             if rounding == "kahan" and formats.COMPENSATION_KEY not in state and formats.is_low_precision(p):
-                state[formats.COMPENSATION_KEY] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+                state.update(formats.compensation_buffer(p))
             return state
         if not state:
             on_device = group["capturable"] or group["fused"]
@@ -320,11 +319,12 @@ class _AdamFamily(Optimizer):
                     moments, rounding = formats.options(group)
                     states = [self._init_state(group, p, formatted=True) for p in plan.formatted]
                     torch._foreach_add_([s["step"] for s in states], 1.0)
+                    local = formats.sharded.local  # DTensor parameters: their shards, in place
                     formats_execute.step(
                         plan.formatted_backend,
-                        plan.formatted,
-                        [p.grad for p in plan.formatted],  # type: ignore[misc]
-                        states,
+                        [local(p) for p in plan.formatted],
+                        [local(p.grad) for p in plan.formatted],  # type: ignore[arg-type]
+                        [formats.sharded.local_entry(s, p) for s, p in zip(states, plan.formatted)],
                         group_coefficients(**hyper),
                         moments=moments,
                         rounding=rounding,

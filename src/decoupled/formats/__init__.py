@@ -30,11 +30,12 @@ any format (torch's included) and :func:`torch_state_dict` gives one that
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from . import sharded
 from .base import SIGNED_MOMENTS, MomentFormat
 from .blockwise8 import BLOCKWISE8
 from .dense import BF16, FP32, PARAM, Dense
@@ -100,10 +101,10 @@ def unsupported_reason(group: Mapping[str, Any], param: torch.Tensor) -> str | N
         )
     if group.get("differentiable"):
         return "differentiable=True keeps torch's state format; use moments='param', param_rounding='nearest'"
-    if isinstance(param, DTensor):
+    if isinstance(param, DTensor) and not isinstance(options(group)[0].for_param(param), Dense):
         return (
-            "moments/param_rounding other than the defaults do not support DTensor (FSDP2) parameters yet; "
-            "use the defaults with FSDP2"
+            f"moments={group.get('moments')!r} is blockwise, and its blocks cannot follow DTensor (FSDP2) "
+            f"shards; use moments='bf16' (4 bytes per parameter, elementwise) with FSDP2"
         )
     return rounding_reason(group.get("param_rounding", "nearest"), param)
 
@@ -118,6 +119,29 @@ def which(entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> MomentF
     return None
 
 
+def _on_shards(fn: Callable[..., dict[str, Any]], entry: Mapping[str, Any], param: torch.Tensor) -> dict[str, Any]:
+    """``fn(entry, param)``; for a DTensor ``param``, applied to this rank's shards (:mod:`.sharded`)."""
+    if sharded.is_dtensor(param):
+        return sharded.global_entry(fn(sharded.local_entry(entry, param), sharded.local(param)), param)
+    return fn(entry, param)
+
+
+def allocate(param: torch.Tensor, fmt: MomentFormat, moment: str) -> dict[str, torch.Tensor]:
+    """Zero state for ``moment`` of ``param`` in ``fmt``."""
+    return _on_shards(lambda _, p: fmt.for_param(p).allocate(p, moment), {}, param)
+
+
+def running_max_from_v(entry: Mapping[str, Any], param: torch.Tensor, fmt: MomentFormat) -> dict[str, torch.Tensor]:
+    """``max_exp_avg_sq`` started from the current ``exp_avg_sq`` (amsgrad switched on mid-run)."""
+    fmt = fmt.for_param(param)
+    return _on_shards(lambda e, p: fmt.encode(fmt.decode(e, p, "exp_avg_sq"), p, "max_exp_avg_sq"), entry, param)
+
+
+def compensation_buffer(param: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A zero Kahan compensation buffer for ``param`` (its dtype and shape)."""
+    return _on_shards(lambda _, p: {COMPENSATION_KEY: torch.zeros(p.shape, dtype=p.dtype, device=p.device)}, {}, param)
+
+
 def convert_entry(
     entry: dict[str, Any], param: torch.Tensor, fmt: MomentFormat, rounding: str, *, contiguous: bool = True
 ) -> dict[str, Any]:
@@ -128,6 +152,12 @@ def convert_entry(
     layout (what torch allocates, and what its fused kernels assume)."""
     if not entry:
         return entry
+    return _on_shards(lambda e, p: _convert(e, p, fmt, rounding, contiguous=contiguous), entry, param)
+
+
+def _convert(
+    entry: dict[str, Any], param: torch.Tensor, fmt: MomentFormat, rounding: str, *, contiguous: bool
+) -> dict[str, Any]:
     fmt = fmt.for_param(param)
     out = {k: v for k, v in entry.items() if k == "step"}
     for moment in MOMENT_NAMES:
@@ -192,6 +222,9 @@ __all__ = [
     "is_formatted",
     "unsupported_reason",
     "which",
+    "allocate",
+    "running_max_from_v",
+    "compensation_buffer",
     "convert_entry",
     "torch_state_dict",
 ]

@@ -55,6 +55,11 @@ class NoisePool:
     def __init__(self) -> None:
         self._pools: dict[torch.device, tuple[torch.Tensor, int]] = {}
 
+    def reset(self) -> None:
+        """Draw a fresh pool on next use: after ``torch.manual_seed(s)`` and ``reset()``, the
+        rounding noise of the steps that follow depends on ``s`` only (a bitwise-repeatable resume)."""
+        self._pools.clear()
+
     def add_to(self, bits: torch.Tensor) -> torch.Tensor:
         """``bits`` (int32, 1-D) plus uniform integers in [0, 2^16), as a new tensor."""
         n, device = bits.numel(), bits.device

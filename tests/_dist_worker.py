@@ -111,6 +111,12 @@ def _checkpoint_round_trip(kind: str, mesh, rank: int, world: int, path: Path, *
     train(model, opt, sched, data[:RESUME_AT], rank, world)
     model_sd, optim_sd = get_state_dict(model, opt)
     dcp.save({"model": model_sd, "optim": optim_sd, "sched": sched.state_dict()}, checkpoint_id=str(path))
+    full_state = {  # what was saved, gathered whole: the parent reloads the checkpoint unsharded
+        name: {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in entry.items()}
+        for name, entry in optim_sd["state"].items()
+    }
+    if rank == 0:
+        torch.save(full_state, path.with_suffix(".full.pt"))
     saved_lrs = [g["lr"] for g in opt.param_groups]
     train(model, opt, sched, data[RESUME_AT:], rank, world)
     expected = [_local(p).detach().clone() for p in model.parameters()]

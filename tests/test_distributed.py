@@ -108,6 +108,35 @@ def test_fsdp2_dtensor_all_backends_and_dcp_resume(worker, tmp_path) -> None:
     _spawn(worker, "fsdp", tmp_path, timeout_s=180)
     for backend in worker.BACKENDS:
         _assert_matches_single_process(worker, tmp_path, "fsdp", backend)
+    _assert_reloads_unsharded(worker, tmp_path / "fsdp_dcp_formats")
+
+
+def _assert_reloads_unsharded(worker, path: Path) -> None:
+    """The two ranks' DCP checkpoint with bf16 moments, loaded into one process without FSDP:
+    every moment arrives whole, bf16, equal to what the ranks saved, and training continues."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    saved = torch.load(path.with_suffix(".full.pt"), weights_only=True)
+    model = worker.make_model(seed=123)
+    opt, sched = worker.build_optimizer(model, **worker.FORMATS)
+    model_sd, optim_sd = get_state_dict(model, opt)
+    state = {"model": model_sd, "optim": optim_sd, "sched": sched.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)  # that is the intent
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    names = dict(model.named_parameters())
+    assert saved.keys() == names.keys()
+    for name, entry in saved.items():
+        loaded = opt.state[names[name]]
+        assert int(loaded["step"]) == worker.RESUME_AT
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert type(loaded[key]) is torch.Tensor and loaded[key].dtype == torch.bfloat16, (name, key)
+            assert torch.equal(loaded[key], entry[key]), f"{name} {key} differs after the unsharded load"
+    before = {n: p.detach().clone() for n, p in names.items()}
+    worker.train(model, opt, sched, worker.batches()[worker.RESUME_AT :])
+    assert all(not torch.equal(p, before[n]) for n, p in names.items())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,22 +192,23 @@ def test_bf16_second_moment_does_not_stall_with_stochastic_rounding():
 # ---- bf16 parameters: nearest loses small updates, kahan and stochastic keep them ----------
 
 
-def _small_updates(rounding: str, dtype=torch.bfloat16, steps=100):
+def _small_updates(rounding: str, dtype=torch.bfloat16, steps=100, backend=None):
     """Weights at 1.0 with a constant gradient and lr=1e-4: each step moves a weight by 1e-4,
     a fortieth of a bf16 ulp at 1.0 (2^-7 = 0.0078)."""
     p = torch.ones(4096, dtype=dtype, requires_grad=True)
-    opt = decoupled.AdamW([p], lr=1e-4, weight_decay=0.0, param_rounding=rounding)
+    opt = decoupled.AdamW([p], lr=1e-4, weight_decay=0.0, param_rounding=rounding, backend=backend)
     for _ in range(steps):
         p.grad = torch.full_like(p, 0.1)
         opt.step()
     return p, opt
 
 
-def test_bf16_weights_lose_small_updates_with_nearest_and_keep_them_otherwise():
+@pytest.mark.parametrize("backend", [None, "compiled"])
+def test_bf16_weights_lose_small_updates_with_nearest_and_keep_them_otherwise(backend):
     exact = 1 - 100 * 1e-4  # a constant gradient moves the weight by lr per step
-    nearest, _ = _small_updates("nearest")
+    nearest, _ = _small_updates("nearest", backend=backend)
     assert torch.all(nearest == 1.0)  # torch's behaviour: every update rounded away
-    kahan, opt = _small_updates("kahan")
+    kahan, opt = _small_updates("kahan", backend=backend)
     comp = opt.state[kahan]["kahan_comp"]
     assert comp.dtype == torch.bfloat16
     held = kahan.float() + comp.float()  # the value the optimizer holds: hi + lo
@@ -215,7 +216,7 @@ def test_bf16_weights_lose_small_updates_with_nearest_and_keep_them_otherwise():
     # steps, 0.3% of the movement (nearest loses 100%)
     assert torch.allclose(held, torch.full_like(held, exact), atol=1e-4)
     assert torch.allclose(kahan.float(), torch.full_like(held, exact), atol=2**-8)  # hi is its nearest bf16
-    stochastic, opt = _small_updates("stochastic")
+    stochastic, opt = _small_updates("stochastic", backend=backend)
     assert formats.COMPENSATION_KEY not in opt.state[stochastic]  # no memory
     assert abs(stochastic.float().mean().item() - exact) < 2e-4  # unbiased over 4096 weights
 
@@ -230,7 +231,8 @@ def test_kahan_in_fp16_and_no_buffer_for_fp32_weights():
     assert set(opt.state[p32]) == {"step", "exp_avg", "exp_avg_sq"}  # fp32 weights need none
 
 
-def test_bf16_training_with_kahan_tracks_fp32_training():
+@pytest.mark.parametrize("backend", [None, "compiled"])
+def test_bf16_training_with_kahan_tracks_fp32_training(backend):
     """A small regression net in bf16: with nearest rounding the loss stalls well above the fp32
     run's; with Kahan or stochastic rounding it lands within a few percent of it."""
 
@@ -239,7 +241,7 @@ def test_bf16_training_with_kahan_tracks_fp32_training():
         x = torch.randn(256, 16)
         y = x @ torch.randn(16, 1) + 0.1 * torch.randn(256, 1)
         model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).to(dtype)
-        opt = decoupled.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, **kw)
+        opt = decoupled.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, backend=backend, **kw)
         for _ in range(200):
             loss = (model(x.to(dtype)).float() - y).square().mean()
             opt.zero_grad()
@@ -260,12 +262,13 @@ def test_bf16_training_with_kahan_tracks_fp32_training():
 # ---- bf16 moments --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", [None, "compiled"])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_bf16_moments_stay_close_to_fp32(amsgrad):
+def test_bf16_moments_stay_close_to_fp32(amsgrad, backend):
     ref = params_like(torch.float32)
     ref_opt = decoupled.AdamW(ref, amsgrad=amsgrad, **HYPER)
     params = params_like(torch.float32)
-    opt = decoupled.AdamW(params, moments="bf16", amsgrad=amsgrad, **HYPER)
+    opt = decoupled.AdamW(params, moments="bf16", amsgrad=amsgrad, backend=backend, **HYPER)
     run(ref, ref_opt, 30)
     run(params, opt, 30)
     for p, r in zip(params, ref):
@@ -324,16 +327,17 @@ def test_lr_zero_leaves_bf16_weights_unchanged(moments, rounding, wd):
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-def test_format_checkpoint_round_trip_continues_identically():
+@pytest.mark.parametrize("backend", [None, "compiled"])
+def test_format_checkpoint_round_trip_continues_identically(backend):
     params = params_like(torch.bfloat16)
-    opt = decoupled.AdamW(params, moments="fp32", param_rounding="kahan", **HYPER)
+    opt = decoupled.AdamW(params, moments="fp32", param_rounding="kahan", backend=backend, **HYPER)
     run(params, opt, 3)
     saved_params = copy.deepcopy([p.detach() for p in params])
     saved = copy.deepcopy(opt.state_dict())
     run(params, opt, 3, first=3)
 
     fresh = [p.clone().requires_grad_() for p in saved_params]
-    again = decoupled.AdamW(fresh, moments="fp32", param_rounding="kahan", **HYPER)
+    again = decoupled.AdamW(fresh, moments="fp32", param_rounding="kahan", backend=backend, **HYPER)
     again.load_state_dict(saved)
     assert again.state[fresh[0]]["kahan_comp"].dtype == torch.bfloat16
     assert again.state[fresh[0]]["exp_avg"].dtype == torch.float32  # not cast to the weights' bf16

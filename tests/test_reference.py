@@ -17,12 +17,17 @@ from decoupled import functional
 from reference.adam64 import RefState, as_real64, reference_step
 from scenario import gradient, make_params
 
-BACKENDS = ["loop", "foreach", "fused"]
+BACKENDS = ["loop", "foreach", "fused", "compiled"]
 CONVENTIONS = ["decoupled", "lr_independent", "coupled"]
 
 
 def _optimizer(convention, params, backend, **kw):
-    flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[backend]
+    flags = {
+        "loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+        "compiled": {"backend": "compiled"},
+    }[backend]
     if convention == "coupled":
         return decoupled.Adam(params, **flags, **kw)
     return decoupled.AdamW(params, lr_independent_decay=convention == "lr_independent", **flags, **kw)
@@ -33,7 +38,7 @@ def _optimizer(convention, params, backend, **kw):
     list(itertools.product(CONVENTIONS, BACKENDS, (False, True), (False, True))),
 )
 def test_against_float64_reference(convention, backend, amsgrad, maximize):
-    kind = "edge" if backend == "fused" else "complex"
+    kind = "edge" if backend in ("fused", "compiled") else "complex"
     params = make_params(kind, torch.float64)
     hyper = dict(lr=3e-2, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2, amsgrad=amsgrad, maximize=maximize)
     opt = _optimizer(convention, params, backend, **hyper)

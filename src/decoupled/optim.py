@@ -376,8 +376,10 @@ class AdamW(_AdamFamily):
         lr_max: :math:`\gamma_{max}` for ``lr_independent_decay``; by default each group's lr
             at construction.
         backend: run a named backend of :mod:`decoupled.backends` (``"loop"``, ``"foreach"``,
-            ``"fused"``, ``"triton"``, or ``"auto"``) instead of choosing by ``foreach``/``fused``.
-            An execution choice, not state: it is not saved in ``state_dict()``.
+            ``"fused"``, ``"triton"``, ``"compiled"``, or ``"auto"``) instead of choosing by
+            ``foreach``/``fused``. ``"compiled"`` fuses the low-memory formats' loads and stores
+            with the update (``torch.compile``; the first step compiles). An execution choice,
+            not state: it is not saved in ``state_dict()``.
         moments: how the moments are stored (:mod:`decoupled.formats`): ``"param"`` (the
             parameter's dtype, as torch; 8 B per fp32 parameter), ``"fp32"``, ``"bf16"`` (4 B,
             stochastically rounded) or ``"8bit"`` (blockwise-quantized, about 2 B). The update

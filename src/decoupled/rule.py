@@ -91,6 +91,16 @@ class GroupCoefficients:
     amsgrad: bool
     maximize: bool
 
+    @property
+    def decays(self) -> bool:
+        """Whether the parameter is multiplied by ``decay_factor`` (a decoupled convention, wd != 0)."""
+        return self.decay_factor != 1
+
+    @property
+    def coupled(self) -> bool:
+        """Whether ``l2 * theta`` is added to the gradient (the coupled convention, wd != 0)."""
+        return self.l2 != 0
+
 
 def group_coefficients(
     *,
@@ -185,9 +195,9 @@ def adam_update(
     """
     if c.maximize:
         grad = ops.neg(grad)
-    if c.l2 != 0:
+    if c.coupled:
         grad = ops.add(grad, param, alpha=c.l2)
-    if c.decay_factor != 1:
+    if c.decays:
         param = ops.mul_(param, c.decay_factor)
     exp_avg = ops.lerp_(exp_avg, grad, 1 - c.beta1)
     exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, c.beta2), grad, grad, value=1 - c.beta2)

@@ -14,6 +14,8 @@ foreach    multi-tensor ``torch._foreach_*`` over tensors grouped by device and 
 fused      one fused kernel per device and dtype (:mod:`.fused`)
 triton     one Triton kernel launch per list, fp32/bf16/fp16 (:mod:`.triton`; CUDA, or CPU
            under ``TRITON_INTERPRET=1`` for tests)
+compiled   one ``torch.compile``'d kernel per tensor that fuses loads, update and stores
+           (:mod:`.compiled`); its point is low-memory state formats, opt-in only
 =========  ===============================================================================
 
 ``auto`` picks the fastest backend that supports the inputs (see :func:`resolve`).
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import foreach, fused, loop
+from . import compiled, foreach, fused, loop
 from . import triton as triton_backend
 
 
@@ -40,6 +42,7 @@ BACKENDS: dict[str, StepFn] = {
     "foreach": foreach.step,
     "fused": fused.step,
     "triton": triton_backend.step,
+    "compiled": compiled.step,
 }
 
 # What `auto` tries, fastest first (measured by `decoupled bench`; see benchmarks/).
@@ -59,6 +62,8 @@ def unsupported_reason(name: str, params: Sequence[torch.Tensor], *, differentia
         return fused.unsupported_reason(params)
     if name == "triton":
         return triton_backend.unsupported_reason(params)
+    if name == "compiled":
+        return compiled.unsupported_reason(params)
     return None
 
 

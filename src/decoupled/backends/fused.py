@@ -49,7 +49,7 @@ def step(
     """One fused kernel call per (device, dtype) list."""
     if differentiable:
         raise RuntimeError("the fused backend cannot record autograd history; use the loop backend")
-    coupled = c.l2 != 0
+    coupled = c.coupled
     kernel = torch._fused_adam_ if coupled else torch._fused_adamw_
     lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if c.amsgrad else [])
     copy_back: list[tuple[torch.Tensor, torch.Tensor]] = []

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from .. import backends
+from ..backends import compiled
 from ..rule import GroupCoefficients
 from .base import MomentFormat
+from .dense import Dense
 from .rounding import COMPENSATION_KEY, is_low_precision, stochastic_round_
 
 CHUNK = 1 << 18
@@ -71,6 +73,30 @@ def step(
     ``chunk``: elements per arena buffer (default :data:`CHUNK`, read at call time)."""
     chunk = chunk or CHUNK
     names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if c.amsgrad else ("exp_avg", "exp_avg_sq")
+    if backend == "compiled":  # big dense state: one fused kernel per tensor; the rest through the arena
+        fused = [
+            i
+            for i, p in enumerate(params)
+            if isinstance(moments.for_param(p), Dense) and p.numel() >= compiled.MIN_NUMEL
+        ]
+        if fused:
+            fmt = moments.for_param(params[fused[0]])
+            compiled.update(
+                [params[i] for i in fused],
+                [grads[i] for i in fused],
+                [[states[i][name] for name in names] + ([] if c.amsgrad else [None]) for i in fused],
+                [float(states[i]["step"].item()) for i in fused],
+                c,
+                stochastic_moments=getattr(fmt, "stochastic", False),
+                rounding=rounding,
+                comps=[states[i].get(COMPENSATION_KEY) for i in fused],
+            )
+        done = set(fused)
+        rest = [i for i in range(len(params)) if i not in done]
+        if not rest:
+            return
+        params, grads, states = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
+        backend = backends.resolve("auto", params)
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
         by_device[p.device].append(i)

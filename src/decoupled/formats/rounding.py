@@ -60,17 +60,27 @@ class NoisePool:
         rounding noise of the steps that follow depends on ``s`` only (a bitwise-repeatable resume)."""
         self._pools.clear()
 
-    def add_to(self, bits: torch.Tensor) -> torch.Tensor:
-        """``bits`` (int32, 1-D) plus uniform integers in [0, 2^16), as a new tensor."""
-        n, device = bits.numel(), bits.device
-        if n > self.SIZE // 4:  # a whole large tensor (a conversion): draw fresh bits
-            return torch.randint(0, 1 << 16, (n,), dtype=torch.int32, device=device).add_(bits)
+    def pool(self, device: torch.device, offsets: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pool on ``device`` (counted as one use) and ``offsets`` uniform random starting
+        points in it (int64 on ``device``), for a kernel that reads ``pool[(offset + i) % SIZE]``."""
         pool, uses = self._pools.get(device, (None, self.USES))
         if pool is None or uses >= self.USES:
             pool, uses = torch.randint(0, 1 << 16, (self.SIZE,), dtype=torch.int32, device=device), 0
         self._pools[device] = (pool, uses + 1)
+        return pool, torch.randint(0, self.SIZE, (offsets,)).to(device)
+
+    def draw(self, n: int, device: torch.device) -> torch.Tensor:
+        """``n`` uniform integers in [0, 2^16) (int32, 1-D): a slice of the pool at a random
+        offset, or fresh ones for more than a quarter of the pool. Read it, do not write it."""
+        if n > self.SIZE // 4:  # a whole large tensor: draw fresh bits
+            return torch.randint(0, 1 << 16, (n,), dtype=torch.int32, device=device)
+        pool, _ = self.pool(device, 0)
         offset = int(torch.randint(0, self.SIZE - n + 1, ()).item())
-        return torch.add(pool[offset : offset + n], bits)
+        return pool[offset : offset + n]
+
+    def add_to(self, bits: torch.Tensor) -> torch.Tensor:
+        """``bits`` (int32, 1-D) plus uniform integers in [0, 2^16), as a new tensor."""
+        return torch.add(self.draw(bits.numel(), bits.device), bits)
 
 
 NOISE = NoisePool()

@@ -17,6 +17,7 @@ ROWS = [  # (name in results.json, label in the table)
     ("decoupled backend=fused", "`decoupled` fused"),
     ("decoupled backend=foreach", "`decoupled` foreach"),
     ("decoupled backend=loop", "`decoupled` loop"),
+    ("decoupled backend=compiled", "`decoupled` compiled"),
     ("torch.optim.AdamW(fused=True)", "`torch.optim.AdamW(fused=True)`"),
     ("torch.optim.AdamW(foreach=True)", "`torch.optim.AdamW(foreach=True)`"),
     ("torch.optim.AdamW(foreach=False)", "`torch.optim.AdamW(foreach=False)`"),
@@ -26,9 +27,18 @@ ROWS = [  # (name in results.json, label in the table)
     ("bitsandbytes.optim.AdamW", "`bitsandbytes.optim.AdamW`"),
     # lower-memory state
     ("decoupled.AdamW(moments='bf16')", "`decoupled.AdamW(moments='bf16')`"),
+    ("decoupled.AdamW(moments='bf16', backend='compiled')", "`decoupled.AdamW(moments='bf16', backend='compiled')`"),
     ("decoupled.AdamW(moments='8bit')", "`decoupled.AdamW(moments='8bit')`"),
     ("decoupled.AdamW(param_rounding='kahan')", "`decoupled.AdamW(param_rounding='kahan')`"),
+    (
+        "decoupled.AdamW(param_rounding='kahan', backend='compiled')",
+        "`decoupled.AdamW(param_rounding='kahan', backend='compiled')`",
+    ),
     ("decoupled.AdamW(param_rounding='stochastic')", "`decoupled.AdamW(param_rounding='stochastic')`"),
+    (
+        "decoupled.AdamW(param_rounding='stochastic', backend='compiled')",
+        "`decoupled.AdamW(param_rounding='stochastic', backend='compiled')`",
+    ),
     (
         "decoupled.AdamW(moments='8bit', param_rounding='stochastic')",
         "`decoupled.AdamW(moments='8bit', param_rounding='stochastic')`",

@@ -100,13 +100,16 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
             def make_backend(ps: list[torch.nn.Parameter], name: str = name) -> torch.optim.Optimizer:
                 return decoupled.AdamW(ps, backend=name, **HYPER)
 
+            compiles = name == "compiled"
             out.append(
                 Contender(
                     f"decoupled backend={name}",
                     "decoupled",
                     dt,
                     make_backend,
-                    skip=reason,
+                    skip=reason or (compile_unavailable(device.type) if compiles else None),
+                    compiles=compiles,
+                    warmup=3 if compiles else 1,
                 )
             )
         for options in FORMATS.get(dt, ()):
@@ -115,6 +118,7 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
             def make_format(ps: list[torch.nn.Parameter], options: dict[str, Any] = options) -> torch.optim.Optimizer:
                 return decoupled.AdamW(ps, **options, **HYPER)
 
+            compiles = options.get("backend") == "compiled"
             out.append(
                 Contender(
                     f"decoupled.AdamW({text})",
@@ -122,19 +126,25 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                     dt,
                     make_format,
                     note="state format",
-                    extra={"format": options},
+                    extra={"format": {k: v for k, v in options.items() if k != "backend"}},
+                    skip=compile_unavailable(device.type) if compiles else None,
+                    compiles=compiles,
+                    warmup=3 if compiles else 1,
                 )
             )
     return out
 
 
 # The state formats timed (decoupled.formats), by parameter dtype: lower-memory moments for fp32
-# weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments.
+# weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments;
+# the elementwise ones also with backend="compiled" (load, update and store fused).
 FORMATS: dict[torch.dtype, list[dict[str, str]]] = {
-    torch.float32: [{"moments": "bf16"}, {"moments": "8bit"}],
+    torch.float32: [{"moments": "bf16"}, {"moments": "bf16", "backend": "compiled"}, {"moments": "8bit"}],
     torch.bfloat16: [
         {"param_rounding": "kahan"},
+        {"param_rounding": "kahan", "backend": "compiled"},
         {"param_rounding": "stochastic"},
+        {"param_rounding": "stochastic", "backend": "compiled"},
         {"moments": "8bit", "param_rounding": "stochastic"},
     ],
 }

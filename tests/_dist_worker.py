@@ -146,17 +146,17 @@ def done_marker(out_dir: str | Path, kind: str, rank: int) -> Path:
     return Path(out_dir) / f"{kind}_rank{rank}.done"
 
 
-def _formats_on_shards(mesh, rank: int, world: int) -> None:
+def _formats_on_shards(mesh, rank: int, world: int, **options) -> None:
     """``FORMATS`` under FSDP2: the state is DTensors placed like the parameters, and every
     shard's parameters and state equal, bitwise, the same optimizer run on plain copies of the
     shards with the same gradients and the same rounding noise."""
     model = _wrap("fsdp", make_model(), mesh)
-    opt, sched = build_optimizer(model, **FORMATS)
+    opt, sched = build_optimizer(model, **FORMATS, **options)
     params = list(model.parameters())
     shadows = [_local(p).detach().clone() for p in params]
     shadow_of = {id(p): q for p, q in zip(params, shadows)}
     shadow_groups = [{**g, "params": [shadow_of[id(p)] for p in g["params"]]} for g in opt.param_groups]
-    shadow_opt = decoupled.AdamW(shadow_groups, lr=1e-2)
+    shadow_opt = decoupled.AdamW(shadow_groups, lr=1e-2, **options)
     shadow_sched = CosineSchedule(shadow_opt, total_steps=STEPS, warmup_steps=1, min_factor=0.1)
     for step, (x, y) in enumerate(batches()):
         share = x.shape[0] // world
@@ -180,6 +180,24 @@ def _formats_on_shards(mesh, rank: int, world: int) -> None:
                 assert type(value).__name__ == "DTensor" and value.placements == p.placements, (key, type(value))
                 assert value.dtype == torch.bfloat16 and value.shape == p.shape, (key, value.dtype, value.shape)
                 assert torch.equal(_local(value), shadow_state[key]), f"rank {rank} step {step}: {key} of {i} differs"
+
+
+def _compiled_on_shards(mesh, rank: int, world: int) -> None:
+    """backend='compiled' fuses the formats' kernel on the local shards; with torch's state
+    layout it refuses DTensor parameters with a clear error."""
+    from decoupled.backends import Unsupported, compiled
+
+    compiled.MIN_NUMEL = 0  # this model's tensors are small: run the kernel on all of them
+    _formats_on_shards(mesh, rank, world, backend="compiled")
+    model = _wrap("fsdp", make_model(), mesh)
+    opt = decoupled.AdamW(model.parameters(), backend="compiled")
+    model(torch.randn(2, 8)).sum().backward()
+    try:
+        opt.step()
+    except Unsupported as error:
+        assert "only with a state format" in str(error), error
+    else:
+        raise AssertionError("backend='compiled' took DTensor parameters with torch's state layout")
 
 
 def _blockwise_refused(mesh) -> None:
@@ -230,6 +248,7 @@ def run(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
         if kind == "fsdp":
             _formats_on_shards(mesh, rank, world)
             _blockwise_refused(mesh)
+            _compiled_on_shards(mesh, rank, world)
             _checkpoint_round_trip(kind, mesh, rank, world, Path(out_dir) / f"{kind}_dcp_formats", **FORMATS)
         # Release the wrapped models, their hooks and the mesh's groups while every rank is still
         # connected, so that no process-group object outlives destroy_process_group.

@@ -236,9 +236,16 @@ def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: 
 
 
 def unsupported_reason(params) -> str | None:
+    from ..formats.sharded import is_dtensor
+
     for p in params:
         if not p.dtype.is_floating_point:
             return f"the compiled backend needs real floating-point parameters, got {p.dtype} (use foreach)"
+        if is_dtensor(p):
+            return (
+                "the compiled backend runs DTensor (FSDP2) parameters only with a state format "
+                "(moments='bf16' or 'fp32', or param_rounding); with torch's state use the default backend"
+            )
     return None
 
 

@@ -146,11 +146,12 @@ def test_executor_is_exactly_the_fp32_rule_at_any_chunk_size(monkeypatch, chunk,
 # ---- stochastic rounding -------------------------------------------------------------------
 
 
-def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
+@pytest.mark.parametrize("scratch", [False, True])
+def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour(scratch):
     ulp = 2.0**-7  # bf16 spacing in [1, 2)
     for x in (1 + 0.25 * ulp, -(1 + 0.7 * ulp), 3.0 + 0.5 * 2 * ulp):
         src = torch.full((200_000,), x, dtype=torch.float32)
-        out = stochastic_round_(torch.empty(src.shape, dtype=torch.bfloat16), src).float()
+        out = stochastic_round_(torch.empty(src.shape, dtype=torch.bfloat16), src.clone(), scratch=scratch).float()
         values = set(out.unique().tolist())
         assert len(values) == 2, values  # the two neighbours, nothing else
         lo, hi = min(values), max(values)

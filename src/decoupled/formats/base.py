@@ -71,7 +71,8 @@ class MomentFormat:
         raise NotImplementedError
 
     def store(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, value: torch.Tensor) -> None:
-        """Store ``value`` (float32, 1-D) as elements ``start:stop`` of ``moment``."""
+        """Store ``value`` (float32, 1-D) as elements ``start:stop`` of ``moment``. ``value`` is
+        the arena's scratch copy: a format may overwrite it."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -74,7 +74,7 @@ class Dense(MomentFormat):
     def store(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, value: torch.Tensor) -> None:
         dst = entry[moment].view(-1)[start:stop]
         if self.stochastic and dst.dtype == torch.bfloat16:
-            stochastic_round_(dst, value)
+            stochastic_round_(dst, value, scratch=True)  # value: the arena's copy, not needed after
         else:
             dst.copy_(value)
 

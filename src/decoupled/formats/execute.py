@@ -183,7 +183,7 @@ class _Runner:
 
     def _write_param(self, dst: torch.Tensor, value: torch.Tensor, state: dict, start: int, stop: int) -> None:
         if self.rounding == "stochastic" and dst.dtype == torch.bfloat16:
-            stochastic_round_(dst, value)
+            stochastic_round_(dst, value, scratch=True)  # value: the arena's copy
         elif self.rounding == "kahan" and is_low_precision(dst):
             dst.copy_(value)
             state[COMPENSATION_KEY].view(-1)[start:stop].copy_(value.sub_(dst))

@@ -28,14 +28,16 @@ for 2^18 on this project's 2-core machine); with fresh bits for every store, a b
 at 16M parameters took 164 ms against 40 ms with the pool below (one run each, on a shared
 machine). The noise therefore comes from a :class:`NoisePool`: 2^20 uniform integers
 drawn once (from torch's default generator, so ``torch.manual_seed`` makes runs repeatable)
-and redrawn every 256 uses, read at a fresh uniformly random offset for every call. Each
-element's noise is then a uniformly chosen entry of an i.i.d. uniform pool, so rounding stays
-unbiased, and successive steps see independent offsets.
+and redrawn every 256 uses, together with 4096 uniformly random offsets that successive calls
+read it at in turn (a per-call random draw cost ~5 us each). Each element's noise is then an
+entry of an i.i.d. uniform pool, chosen independently of the pool's values, so rounding stays
+unbiased; successive calls see different offsets.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -46,37 +48,58 @@ COMPENSATION_KEY = "kahan_comp"
 """The state key of the Kahan compensation buffer (parameter dtype and shape)."""
 
 
+@dataclass
+class _Slot:
+    pool: torch.Tensor
+    offsets: list[int]  # uniform in [0, SIZE), drawn with the pool, used in turn
+    uses: int = 0
+    next: int = 0
+
+    def offset(self) -> int:
+        value = self.offsets[self.next % len(self.offsets)]
+        self.next += 1
+        return value
+
+
 class NoisePool:
     """Uniform integers in [0, 2^16) for stochastic rounding, cheap to read (see the module notes)."""
 
     SIZE = 1 << 20
     USES = 256
+    OFFSETS = 4096
 
     def __init__(self) -> None:
-        self._pools: dict[torch.device, tuple[torch.Tensor, int]] = {}
+        self._pools: dict[torch.device, _Slot] = {}
 
     def reset(self) -> None:
         """Draw a fresh pool on next use: after ``torch.manual_seed(s)`` and ``reset()``, the
         rounding noise of the steps that follow depends on ``s`` only (a bitwise-repeatable resume)."""
         self._pools.clear()
 
+    def _slot(self, device: torch.device) -> _Slot:
+        """The pool on ``device``, counted as one use; redrawn (with its offsets) every USES uses."""
+        slot = self._pools.get(device)
+        if slot is None or slot.uses >= self.USES:
+            pool = torch.randint(0, 1 << 16, (self.SIZE,), dtype=torch.int32, device=device)
+            slot = _Slot(pool, torch.randint(0, self.SIZE, (self.OFFSETS,)).tolist())
+            self._pools[device] = slot
+        slot.uses += 1
+        return slot
+
     def pool(self, device: torch.device, offsets: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pool on ``device`` (counted as one use) and ``offsets`` uniform random starting
-        points in it (int64 on ``device``), for a kernel that reads ``pool[(offset + i) % SIZE]``."""
-        pool, uses = self._pools.get(device, (None, self.USES))
-        if pool is None or uses >= self.USES:
-            pool, uses = torch.randint(0, 1 << 16, (self.SIZE,), dtype=torch.int32, device=device), 0
-        self._pools[device] = (pool, uses + 1)
-        return pool, torch.randint(0, self.SIZE, (offsets,)).to(device)
+        """The pool on ``device`` and ``offsets`` random starting points in it (int64 on
+        ``device``), for a kernel that reads ``pool[(offset + i) % SIZE]``."""
+        slot = self._slot(device)
+        return slot.pool, torch.tensor([slot.offset() for _ in range(offsets)], device=device)
 
     def draw(self, n: int, device: torch.device) -> torch.Tensor:
         """``n`` uniform integers in [0, 2^16) (int32, 1-D): a slice of the pool at a random
         offset, or fresh ones for more than a quarter of the pool. Read it, do not write it."""
         if n > self.SIZE // 4:  # a whole large tensor: draw fresh bits
             return torch.randint(0, 1 << 16, (n,), dtype=torch.int32, device=device)
-        pool, _ = self.pool(device, 0)
-        offset = int(torch.randint(0, self.SIZE - n + 1, ()).item())
-        return pool[offset : offset + n]
+        slot = self._slot(device)
+        start = slot.offset() % (self.SIZE - n + 1)
+        return slot.pool[start : start + n]
 
     def add_to(self, bits: torch.Tensor) -> torch.Tensor:
         """``bits`` (int32, 1-D) plus uniform integers in [0, 2^16), as a new tensor."""
@@ -86,16 +109,21 @@ class NoisePool:
 NOISE = NoisePool()
 
 
-def stochastic_round_(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, *, scratch: bool = False) -> torch.Tensor:
     """``dst.copy_(src)`` with stochastic rounding; ``dst`` is bfloat16, ``src`` float32 of its size.
 
     Unbiased: each element is rounded to one of its two bf16 neighbours, the upper one with
     probability equal to the fraction of an ulp it lies above the lower one. Values exactly
-    representable in bf16 are copied unchanged.
+    representable in bf16 are copied unchanged. ``scratch=True``: ``src`` (contiguous) is
+    not needed afterwards, and the noise is added to it in place instead of to a new tensor.
     """
     if dst.dtype != torch.bfloat16 or src.dtype != torch.float32:
         raise TypeError(f"stochastic rounding writes float32 into bfloat16, got {src.dtype} -> {dst.dtype}")
-    rounded = NOISE.add_to(src.reshape(-1).view(torch.int32))  # the carry rounds the magnitude up
+    bits = src.reshape(-1).view(torch.int32)
+    if scratch and src.is_contiguous():  # the carry rounds the magnitude up
+        rounded = bits.add_(NOISE.draw(bits.numel(), bits.device))
+    else:
+        rounded = NOISE.add_to(bits)
     if sys.byteorder == "little":  # bf16 is the high half of each 32-bit pattern: copy those halves
         dst.view(torch.int16).copy_(rounded.view(torch.int16)[1::2].view(dst.shape))
     else:

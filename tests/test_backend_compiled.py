@@ -135,3 +135,16 @@ def test_small_tensors_go_to_the_fused_backend_at_the_real_threshold(monkeypatch
     tol = dict(rtol=1e-5, atol=1e-6) if not options else dict(rtol=0, atol=3 * HYPER["lr"] * 0.02)
     for p, r in zip(params, ref):
         torch.testing.assert_close(p, r, **tol)
+
+
+def test_without_a_working_torch_compile_it_says_so_before_anything_changes(monkeypatch):
+    from decoupled.backends import compiled
+
+    monkeypatch.setattr(compiled, "compile_unavailable", lambda device_type: "no C++ compiler (test)")
+    p = torch.randn(3, requires_grad=True)
+    p.grad = torch.randn(3)
+    opt = decoupled.AdamW([p], backend="compiled", moments="bf16")
+    before = p.detach().clone()
+    with pytest.raises(Unsupported, match=r"needs torch.compile: no C\+\+ compiler \(test\); use the default backend"):
+        opt.step()
+    assert torch.equal(p, before) and not opt.state

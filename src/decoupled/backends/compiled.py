@@ -235,9 +235,37 @@ def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: 
             original.copy_(copy)
 
 
+@functools.cache
+def compile_unavailable(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device_type`` here (None when it can).
+
+    Inductor compiles C++ on CPU and Triton on CUDA; both are looked up the way Inductor does,
+    without compiling anything.
+    """
+    try:
+        if device_type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        elif device_type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                return "torch.compile needs Triton for CUDA kernels (pip install triton)"
+        else:
+            return f"torch.compile is not tried on {device_type} here"
+    except Exception as err:  # no C++ compiler, or an Inductor that fails to load
+        return f"torch.compile cannot build {device_type} kernels ({type(err).__name__}: {err})"
+    return None
+
+
 def unsupported_reason(params) -> str | None:
     from ..formats.sharded import is_dtensor
 
+    for device_type in {p.device.type for p in params}:
+        reason = compile_unavailable(device_type)
+        if reason is not None:
+            return f"the compiled backend needs torch.compile: {reason}; use the default backend"
     for p in params:
         if not p.dtype.is_floating_point:
             return f"the compiled backend needs real floating-point parameters, got {p.dtype} (use foreach)"

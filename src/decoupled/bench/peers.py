@@ -30,7 +30,6 @@ step compiles, and ``decoupled bench --quick`` leaves them out unless ``--only``
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import warnings
@@ -42,6 +41,7 @@ import torch
 
 import decoupled
 from decoupled import backends
+from decoupled.backends.compiled import compile_unavailable
 
 HYPER: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
 
@@ -164,30 +164,6 @@ def torch_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Co
 
             out.append(Contender(name, "torch", dt, make))
     return out
-
-
-@functools.cache
-def compile_unavailable(device_type: str) -> str | None:
-    """Why ``torch.compile`` cannot build kernels for ``device_type`` here (None when it can).
-
-    Inductor compiles C++ on CPU and Triton on CUDA; both are looked up the way Inductor does,
-    without compiling anything.
-    """
-    try:
-        if device_type == "cpu":
-            from torch._inductor.cpp_builder import get_cpp_compiler
-
-            get_cpp_compiler()
-        elif device_type == "cuda":
-            from torch.utils._triton import has_triton
-
-            if not has_triton():
-                return "torch.compile needs Triton for CUDA kernels (pip install triton)"
-        else:
-            return f"torch.compile is not tried on {device_type} here"
-    except Exception as err:  # no C++ compiler, or an Inductor that fails to load
-        return f"torch.compile cannot build {device_type} kernels ({type(err).__name__}: {err})"
-    return None
 
 
 def _compiled_adamw(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

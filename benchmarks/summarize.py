@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from decoupled.bench import machine, report  # noqa: E402
 
 ROWS = [  # (name in results.json, label in the table)
     ("decoupled.AdamW()", "`decoupled.AdamW` (auto)"),
@@ -68,7 +73,8 @@ def table(result: dict, dtype: str) -> list[str]:
                 cells.append("-")
                 continue
             ratio, gbs, pct = r["ratio_vs_fused"], r["effective_gbs"], r["pct_of_bandwidth"]
-            cells.append(f"{r['ms']:.1f} ms, **{ratio:.2f}x**, {gbs:.0f} GB/s ({pct:.0f}%)")
+            mark = report.CACHE_MARK if r["fits_in_cache"] else ""
+            cells.append(f"{r['ms']:.1f} ms, **{ratio:.2f}x**, {gbs:.0f} GB/s ({pct:.0f}%{mark})")
         if any(c != "-" for c in cells[1:]):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -77,6 +83,7 @@ def table(result: dict, dtype: str) -> list[str]:
 def main(path: str) -> str:
     result = json.loads(open(path).read())
     m, bw = result["machine"], result["bandwidth"]
+    report.add_ratios(result["rows"], bw["bound_gbs"], machine.largest_cache_bytes(m))  # also for older files
     out = [
         "# Benchmark results",
         "",
@@ -113,6 +120,8 @@ def main(path: str) -> str:
     ]
     if any(r["dtype"] == "bf16" for r in result["rows"]):
         out += ["## bf16 parameters and state (ratio to torch's fused at bf16)", "", *table(result, "bf16"), ""]
+    if note := report.cache_note(result):
+        out += [note, ""]
     if result.get("skipped"):
         out += [
             "Not timed: " + "; ".join(f"{n} ({why.split('(')[0].strip()})" for n, why in result["skipped"]) + ".",

@@ -84,6 +84,32 @@ def test_bytes_per_parameter(result):
             assert r["ideal_bytes_per_param"] == {"fp32": 28, "bf16": 14}[r["dtype"]], r
 
 
+def test_rows_that_fit_in_the_cache_are_marked_and_explained(result):
+    """The quick run's 16k-parameter steps fit in any last-level cache: each row says so, the
+    Markdown marks its % bw and explains the mark; with a cache smaller than a row's working set
+    (parameters + gradients + state) the same row is not marked."""
+    from pathlib import Path
+
+    from decoupled.bench import machine, report
+
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    assert machine.largest_cache_bytes(result["machine"]) > 16 * 2**10 * (2 * 4 + 8)
+    assert all(r["fits_in_cache"] for r in rows)
+    text = (Path(result["_out"]) / "results.md").read_text()
+    assert f"% {report.CACHE_MARK} |" in text and "MiB last-level cache" in text
+
+    fp32 = next(r for r in rows if r["name"] == "torch.optim.AdamW(fused=True)" and r["dtype"] == "fp32")
+    working_set = fp32["numel"] * (4 + 4 + 8)  # fp32 parameter, gradient, two moments
+    assert layouts.working_set_bytes(fp32["numel"], "fp32", fp32["state_bytes_per_param"]) == working_set
+    for cache, fits in ((working_set, True), (working_set - 1, False)):
+        copy = [dict(fp32)]
+        report.add_ratios(copy, result["bandwidth"]["bound_gbs"], cache)
+        assert copy[0]["fits_in_cache"] is fits
+    small = {**result, "machine": {**result["machine"], "caches": {"L1d": "48K", "L2": "64K"}}, "rows": copy}
+    assert machine.largest_cache_bytes(small["machine"]) == 64 * 2**10
+    assert report.cache_note(small) is None and report.CACHE_MARK not in report.markdown(small)
+
+
 def test_state_format_rows(result):
     """The formats' rows report their own state bytes: bf16 moments 4 B, 8-bit about 2 B on a
     tensor of 16k elements (tensors under 4096 elements keep fp32 moments), Kahan +2 B."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 Shape = tuple[int, ...]
 
 LAYOUTS = ("single", "gpt2")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # GPT-2 small: vocab 50257, context 1024, width 768, 12 layers (124.4M parameters).
 _VOCAB_PER_WIDTH = 50257 / 768
@@ -80,3 +83,16 @@ def format_size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(n)
+
+
+def element_bytes(dtype: str) -> int:
+    """Bytes of one parameter (or gradient) element of ``dtype``, a key of :data:`DTYPES`."""
+    return DTYPES[dtype].itemsize
+
+
+def working_set_bytes(numel: int, dtype: str, state_bytes_per_param: float) -> float:
+    """Bytes one step touches, each counted once: parameters, gradients and optimizer state.
+
+    When this fits in the last-level cache, repeated steps can run from the cache, and their
+    effective GB/s are not a measure of memory bandwidth."""
+    return numel * (2 * element_bytes(dtype) + state_bytes_per_param)

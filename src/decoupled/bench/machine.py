@@ -54,6 +54,22 @@ def cache_sizes() -> dict[str, str]:
     return out
 
 
+def _size_bytes(text: str) -> int:
+    """A size as sysfs writes it (``"48K"``, ``"2048K"``, ``"260M"``) in bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    text = text.strip()
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1:].upper() in units else int(text)
+
+
+def largest_cache_bytes(info: dict) -> int | None:
+    """The last cache the step's tensors pass through before memory, from a :func:`describe` record:
+    the GPU's L2 on a GPU run, else the largest CPU cache (None where unknown)."""
+    if "gpu" in info:
+        return info["gpu"].get("l2_bytes")
+    sizes = [_size_bytes(size) for size in (info.get("caches") or {}).values()]
+    return max(sizes, default=None)
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -171,5 +187,6 @@ def describe(device: torch.device) -> dict:
             "name": props.name,
             "memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
+            "l2_bytes": props.L2_cache_size,
         }
     return info

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import layouts, machine
 from .peers import REFERENCE
 
 COLUMNS = ("contender", "ms", "IQR ms", "vs fused", "GB/s", "% bw", "state B/p")
@@ -65,8 +66,10 @@ def _case_key(row: dict) -> tuple:
     return (row["size"], row["layout"], row["dtype"])
 
 
-def add_ratios(rows: list[dict], bound_gbs: float) -> None:
-    """Add ``ratio_vs_fused`` (reference time / row time) and ``pct_of_bandwidth`` to each timed row."""
+def add_ratios(rows: list[dict], bound_gbs: float, cache_bytes: int | None = None) -> None:
+    """Add to each timed row ``ratio_vs_fused`` (reference time / row time), ``pct_of_bandwidth``
+    and ``fits_in_cache``: whether its working set (:func:`layouts.working_set_bytes`) fits in
+    ``cache_bytes``, the last-level cache, so that its GB/s may be the cache's, not memory's."""
     reference = {_case_key(r): r["ms"] for r in rows if r["name"] == REFERENCE and r["status"] == "ok"}
     for r in rows:
         if r["status"] != "ok":
@@ -74,6 +77,23 @@ def add_ratios(rows: list[dict], bound_gbs: float) -> None:
         ref = reference.get(_case_key(r))
         r["ratio_vs_fused"] = ref / r["ms"] if ref else None
         r["pct_of_bandwidth"] = 100 * r["effective_gbs"] / bound_gbs
+        working_set = layouts.working_set_bytes(r["numel"], r["dtype"], r["state_bytes_per_param"])
+        r["fits_in_cache"] = cache_bytes is not None and working_set <= cache_bytes
+
+
+CACHE_MARK = "†"
+
+
+def cache_note(result: dict) -> str | None:
+    """The footnote for rows marked :data:`CACHE_MARK` (None when no row fits in the cache)."""
+    cache = machine.largest_cache_bytes(result["machine"])
+    if cache is None or not any(r.get("fits_in_cache") for r in result["rows"]):
+        return None
+    return (
+        f"{CACHE_MARK} parameters, gradients and state together fit in the {cache / 2**20:.0f} MiB last-level "
+        "cache: repeated steps can run from the cache, so GB/s and % bw measure the cache, not memory "
+        "(and can exceed 100%); compare such rows with each other, not with the bandwidth."
+    )
 
 
 def cases(rows: list[dict]) -> list[tuple]:
@@ -94,7 +114,7 @@ def _cells(r: dict) -> list[str]:
         f"{r['ms_p25']:.2f}-{r['ms_p75']:.2f}",
         f"{ratio:.2f}x" if ratio else "-",
         f"{r['effective_gbs']:.1f}",
-        f"{r['pct_of_bandwidth']:.0f}%",
+        f"{r['pct_of_bandwidth']:.0f}%" + (f" {CACHE_MARK}" if r.get("fits_in_cache") else ""),
         f"{r['state_bytes_per_param']:g}",
     ]
 
@@ -132,6 +152,8 @@ def markdown(result: dict) -> str:
         "'ms' is the median step time and 'IQR' its interquartile range.",
         "",
     ]
+    if note := cache_note(result):
+        lines += [note, ""]
     for case in cases(result["rows"]):
         lines += [f"## {_title(case)}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         for r in result["rows"]:
@@ -153,7 +175,7 @@ def plot(result: dict, path: Path) -> None:
 
     all_cases = cases(result["rows"])
     cols = len({c[:2] for c in all_cases})
-    dtypes = sorted({c[2] for c in all_cases})
+    dtypes = list(dict.fromkeys(c[2] for c in all_cases))  # in the order of the run (fp32 first)
     fig, axes = plt.subplots(len(dtypes), cols, figsize=(5.5 * cols, 0.28 * 20 * len(dtypes) + 1.5), squeeze=False)
     bound = result["bandwidth"]["bound_gbs"]
     colors = {
@@ -169,14 +191,18 @@ def plot(result: dict, path: Path) -> None:
             ax = axes[i][j]
             rows = [r for r in result["rows"] if _case_key(r) == (size, layout, dtype) and r["status"] == "ok"]
             names = [r["name"] for r in rows]
-            ax.barh(
+            bars = ax.barh(
                 range(len(rows)), [r["effective_gbs"] for r in rows], color=[colors.get(r["family"], "k") for r in rows]
             )
+            for bar, r in zip(bars, rows):
+                if r.get("fits_in_cache"):  # hatched: may run from the cache (see cache_note)
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("white")
             ax.set_yticks(range(len(rows)), names, fontsize=7)
             ax.invert_yaxis()
             ax.axvline(bound, color="k", linestyle="--", linewidth=1)
             ax.set_title(f"{size} {layout} {dtype}", fontsize=9)
-            ax.set_xlabel("effective GB/s (dashed: measured bandwidth)", fontsize=7)
+            ax.set_xlabel("effective GB/s (dashed: measured bandwidth; hatched: fits in cache)", fontsize=7)
             for k, r in enumerate(rows):
                 if r.get("ratio_vs_fused"):
                     ax.text(r["effective_gbs"], k, f" {r['ratio_vs_fused']:.2f}x", va="center", fontsize=6)
@@ -225,5 +251,7 @@ def print_summary(result: dict) -> None:
                 style = "bold" if r["family"] == "decoupled" else None
                 table.add_row(*_cells(r), style=style)
         console.print(table)
+    if note := cache_note(result):
+        console.print(note)
     for name, reason in result.get("skipped", []):
         console.print(f"not timed: {name}: {reason}")

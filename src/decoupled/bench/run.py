@@ -12,7 +12,9 @@ so each row can say how close it is to the speed limit of a memory-bound update:
 * ``GB/s``: the ideal bytes of the row's format per parameter (parameter read and written,
   gradient read, every state tensor read and written: 28 B for fp32 AdamW, 14 B for bf16)
   times the parameter count, divided by the time;
-* ``% bw``: that GB/s as a percentage of the measured bandwidth bound (max of copy, triad);
+* ``% bw``: that GB/s as a percentage of the measured bandwidth bound (the fastest of copy,
+  triad and in-place update), marked when parameters, gradients and state fit in the
+  last-level cache (then the step may run from the cache, and % bw can exceed 100);
 * ``state B/p``: bytes of optimizer state per parameter.
 
 Results go to ``results.json``, ``results.md`` and ``results.png`` in ``--out``, with the
@@ -38,9 +40,8 @@ from pathlib import Path
 import torch
 
 from . import bandwidth, layouts, machine, peers, report
+from .layouts import DTYPES
 from .timing import Timing, make_params, time_case
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 QUICK = {
     "sizes": "64k",
@@ -168,7 +169,7 @@ def _row(case: dict, c: peers.Contender, result: Timing | str | None) -> dict:
         return {**row, "status": "error", "reason": result}
     assert result is not None
     n = case["numel"]
-    element = torch.empty((), dtype=DTYPES[case["dtype"]]).element_size()
+    element = layouts.element_bytes(case["dtype"])
     state_per_param = result.state_bytes / n
     # parameter read + written, gradient read, every state tensor read + written
     ideal = 3 * element + 2 * state_per_param
@@ -290,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         progress.advance()
 
     bound = max(bw_before.bound_gbs, bw_after.bound_gbs)
-    report.add_ratios(rows, bound)
+    report.add_ratios(rows, bound, machine.largest_cache_bytes(info))
     info["load_average_after"] = machine.load_average()
     info["other_load_during"] = during.stop()
     if device.type == "cpu" and (info["other_load_during"] or 0) > 0.2:

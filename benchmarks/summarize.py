@@ -1,6 +1,6 @@
 """Write ``benchmarks/RESULTS.md`` (the README's table) from a recorded ``results.json``.
 
-    python benchmarks/summarize.py benchmarks/results/cpu-2core/results.json > benchmarks/RESULTS.md
+    python benchmarks/summarize.py benchmarks/results/cpu-2core-full/results.json > benchmarks/RESULTS.md
 
 One compact table: for every size and layout, the step time of each implementation at fp32
 (and bf16 below), its ratio to ``torch.optim.AdamW(fused=True)`` measured side by side in the

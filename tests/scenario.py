@@ -8,11 +8,15 @@ change between steps, and several param groups with different hyperparameters.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+# Where the scenarios' parameters live: the CPU, or a GPU with DECOUPLED_TEST_DEVICE=cuda
+# (benchmarks/gpu_check.sh runs the parity tests that way on a lent GPU machine).
+DEVICE = torch.device(os.environ.get("DECOUPLED_TEST_DEVICE", "cpu"))
 TOL = {torch.float32: dict(rtol=1e-6, atol=1e-7), torch.float64: dict(rtol=1e-12, atol=1e-14)}
 STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -22,7 +26,7 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def make_params(kind: str, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Leaf parameters of a given kind, created from a fixed seed.
+    """Leaf parameters of a given kind, created from a fixed seed, on :data:`DEVICE`.
 
     ``basic``: a matrix and a vector. ``edge``: adds a zero-size tensor, a non-contiguous
     (transposed) matrix and a channels-last 4-D tensor. ``complex``: adds a complex matrix.
@@ -30,15 +34,15 @@ def make_params(kind: str, dtype: torch.dtype) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1234)
 
     def leaf(*shape, dt=dtype):
-        return torch.randn(*shape, generator=g, dtype=dt).requires_grad_()
+        return torch.randn(*shape, generator=g, dtype=dt).to(DEVICE).requires_grad_()
 
     params = [leaf(5, 3), leaf(7)]
     if kind in ("edge", "complex"):
         params += [
             leaf(0, 3),
-            torch.randn(6, 4, generator=g, dtype=dtype).t().detach().requires_grad_(),
+            torch.randn(6, 4, generator=g, dtype=dtype).to(DEVICE).t().detach().requires_grad_(),
             torch.randn(2, 3, 4, 4, generator=g, dtype=dtype)
-            .to(memory_format=torch.channels_last)
+            .to(DEVICE, memory_format=torch.channels_last)
             .requires_grad_(),
         ]
     if kind == "complex":

@@ -1,8 +1,10 @@
-"""The triton backend against the loop backend, on the CPU under Triton's interpreter.
+"""The triton backend against the loop backend: on the CPU under Triton's interpreter, and
+compiled on a CUDA GPU when one is present.
 
 ``TRITON_INTERPRET=1`` must be set before Triton decorates the kernel, and must not leak into
-the other tests of this pytest process, so every check runs in one subprocess (this file run
-as a script), which prints one JSON line per case; the tests below read those lines.
+the other tests of this pytest process, so every check runs in one subprocess per device (this
+file run as a script), which prints one JSON line per case; the tests below read those lines.
+On CUDA the same cases compare the compiled kernel with the loop backend on the same GPU.
 
 Each case steps several tensors (sizes not multiples of the block size, a 1-element one, a
 non-contiguous one, a zero-size one) for 20 steps with a gradient and lr that change every
@@ -44,7 +46,7 @@ STEPS = 20
 SHAPES = [(1030,), (3, 7), (1,), (0,), (20, 33)]
 
 
-def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool) -> dict:
+def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool, device: str = "cpu") -> dict:
     import torch
 
     from decoupled import backends
@@ -54,14 +56,14 @@ def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool) -> dic
 
     def fresh(seed):
         gen = torch.Generator().manual_seed(seed)
-        params = [torch.randn(s, generator=gen) for s in SHAPES]
+        params = [torch.randn(s, generator=gen).to(device) for s in SHAPES]
         params[-1] = params[-1].t()  # non-contiguous
         return params
 
     def grads(step):
         gen = torch.Generator().manual_seed(1000 + step)
         scale = 2.0 if step % 4 == 0 else 0.5  # v rises and falls, so amsgrad's maximum matters
-        out = [torch.randn(s, generator=gen) * scale for s in SHAPES]
+        out = [(torch.randn(s, generator=gen) * scale).to(device) for s in SHAPES]
         out[-1] = out[-1].t()
         return out
 
@@ -118,23 +120,23 @@ def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool) -> dic
     return out
 
 
-def _main() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
+def _main(device: str) -> None:
+    assert (os.environ.get("TRITON_INTERPRET") == "1") == (device == "cpu")
     import torch
 
     from decoupled import backends, functional
 
-    assert backends.unsupported_reason("triton", [torch.zeros(1)], differentiable=False) is None
+    assert backends.unsupported_reason("triton", [torch.zeros(1, device=device)], differentiable=False) is None
     for case in CASES:
-        print(json.dumps(_run_case(*case)), flush=True)
+        print(json.dumps(_run_case(*case, device=device)), flush=True)
     # through the functional API, with complex parameters (updated as real pairs, like loop)
     results = {}
     for backend in ("loop", "triton"):
         gen = torch.Generator().manual_seed(3)
-        p = torch.randn(513, dtype=torch.complex64, generator=gen)
+        p = torch.randn(513, dtype=torch.complex64, generator=gen).to(device)
         m, v, t = torch.zeros_like(p), torch.zeros_like(p), torch.zeros(())
         for _ in range(5):
-            g = torch.randn(513, dtype=torch.complex64, generator=gen)
+            g = torch.randn(513, dtype=torch.complex64, generator=gen).to(device)
             functional.adamw(
                 [p], [g], [m], [v], [], [t], lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, backend=backend
             )
@@ -143,12 +145,25 @@ def _main() -> None:
     print(json.dumps({"case": "complex64 via functional.adamw", "vs_loop": {"rel": rel}}), flush=True)
 
 
-@pytest.fixture(scope="module")
-def results() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(
+    scope="module",
+    params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _cuda(), reason="no CUDA GPU here"))],
+)
+def results(request) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if request.param == "cpu":
+        env["TRITON_INTERPRET"] = "1"
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, __file__, request.param], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {json.dumps(r["case"]): r for r in lines}
@@ -194,4 +209,4 @@ def test_triton_unsupported_without_gpu_or_interpreter():
 
 
 if __name__ == "__main__":
-    _main()
+    _main(sys.argv[1] if len(sys.argv) > 1 else "cpu")

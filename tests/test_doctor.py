@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -204,6 +205,32 @@ def test_entry_point_command(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert {"adam-l2", "decay-bias", "decay-norm", "no-warmup"} <= {d["code"] for d in data}
     assert main(["doctor", f"{src}:nope"]) == 2
+
+
+def test_entry_point_module_in_the_current_directory_in_any_order(tmp_path, monkeypatch, capsys):
+    """`decoupled doctor mysetup:make` run where mysetup.py lies (a console script's sys.path does
+    not hold the current directory); the setup's parts are told apart by type, not position."""
+    (tmp_path / "mysetup_here.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))\n"
+        "    opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-2)\n"
+        "    return m, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10)), opt\n"
+        "def twice():\n"
+        "    m = torch.nn.Linear(2, 2)\n"
+        "    return m, m\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["doctor", "mysetup_here:make", "--json"]) == 0
+    codes_found = {d["code"] for d in json.loads(capsys.readouterr().out)}
+    assert {"adam-l2", "decay-bias", "decay-norm"} <= codes_found and "no-warmup" not in codes_found
+    assert main(["doctor", "mysetup_here:twice"]) == 2
+    assert "returned (Linear, Linear); return an optimizer" in capsys.readouterr().out
+    assert main(["doctor", "no_such_module_here:make"]) == 2
+    out = capsys.readouterr().out
+    assert "no module 'no_such_module_here'" in out and str(tmp_path) in out
+    assert "'path/to/no_such_module_here.py:make'" in out
 
 
 def test_trainer_callback():

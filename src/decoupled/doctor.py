@@ -704,17 +704,35 @@ def _unpack(setup: Any) -> dict[str, Any]:
                 f"'total_steps', 'steps_per_epoch', 'warmup_steps'; got {sorted(setup)}"
             )
         return setup
-    if isinstance(setup, (tuple, list)):
-        keys = ("optimizer", "model", "scheduler")
-        if not 1 <= len(setup) <= 3:
-            raise ValueError(
-                "the entry point must return optimizer, (optimizer, model) or (optimizer, model, scheduler)"
-            )
-        return dict(zip(keys, setup))
+    if isinstance(setup, (tuple, list)):  # told apart by type, so any order works
+        found: dict[str, Any] = {}
+        for item in setup:
+            key = _role(item)
+            if key is None or key in found:
+                kinds = ", ".join(type(x).__name__ for x in setup)
+                raise ValueError(
+                    f"the entry point returned ({kinds}); return an optimizer, with at most one model "
+                    "(torch.nn.Module) and one lr scheduler, in any order, or a dict"
+                )
+            found[key] = item
+        if "optimizer" not in found:
+            raise ValueError("the entry point returned no optimizer; return (optimizer, model[, scheduler])")
+        return found
     raise ValueError(
         f"the entry point returned {type(setup).__name__}; return an optimizer, a tuple "
         "(optimizer, model[, scheduler]) or a dict"
     )
+
+
+def _role(item: Any) -> str | None:
+    """Which part of a training setup ``item`` is: optimizer, model or (lr) scheduler."""
+    if isinstance(item, torch.optim.Optimizer):
+        return "optimizer"
+    if isinstance(item, torch.nn.Module):
+        return "model"
+    if isinstance(item, torch.optim.lr_scheduler.LRScheduler) or hasattr(item, "get_last_lr"):
+        return "scheduler"
+    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,7 @@ cross-entropy in nats and the fraction of wrong argmax predictions). Every metri
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 import math
 import sys
@@ -230,6 +231,25 @@ def register_task(name: str, target: str | type[Task] | Callable[[], Task]) -> N
 _EXTRA: dict[str, Any] = {}
 
 
+def _import_module(name: str, spec: str) -> Any:
+    """Import ``name`` from the installed packages, else from the current directory (as
+    ``python -m`` would: a console script's ``sys.path`` starts at its own folder, not here)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+            raise  # the module exists but an import inside it failed: that traceback is the news
+        cwd = os.getcwd()
+        if cwd in sys.path:
+            raise ValueError(
+                f"no module {name!r} (from {spec!r}) among the installed packages or in the current "
+                f"directory {cwd}; run from the folder that holds it, or name its file: "
+                f"'path/to/{name.replace('.', '/')}.py:{spec.rpartition(':')[2]}'"
+            ) from None
+    sys.path.insert(0, cwd)
+    return _import_module(name, spec)
+
+
 def _resolve_attr(spec: str) -> Any:
     module_part, _, attr = spec.rpartition(":")
     if not module_part or not attr:
@@ -250,7 +270,7 @@ def _resolve_attr(spec: str) -> Any:
             sys.modules[mod_name] = module
             spec_obj.loader.exec_module(module)
     else:
-        module = importlib.import_module(module_part)
+        module = _import_module(module_part, spec)
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -36,9 +36,9 @@ cross-entropy in nats and the fraction of wrong argmax predictions). Every metri
 from __future__ import annotations
 
 import importlib
-import os
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

@@ -46,6 +46,7 @@ def test_files_and_record(result):
     for key in ("cpu", "nproc", "python", "torch", "versions", "command", "date", "load_average"):
         assert key in m, key
     assert m["command"].startswith("decoupled bench --quick")
+    assert "partial" not in result and "Partial" not in (out / "results.md").read_text()
     bw = result["bandwidth"]
     assert bw["before"]["copy_gbs"] > 0 and bw["before"]["triad_gbs"] > 0 and bw["bound_gbs"] > 0
 
@@ -82,6 +83,29 @@ def test_bytes_per_parameter(result):
             expected_state = {"fp32": 8, "bf16": 4}[r["dtype"]]
             assert r["state_bytes_per_param"] == expected_state, r
             assert r["ideal_bytes_per_param"] == {"fp32": 28, "bf16": 14}[r["dtype"]], r
+
+
+def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    """Stopped during its second case (a time limit, Ctrl-C), the run has already written the
+    first case's rows, marked partial; the last case is never written twice."""
+    real, calls = run.time_case, []
+
+    def stopped_in_the_second_case(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "time_case", stopped_in_the_second_case)
+    argv = ("--quick", "--no-progress", "--dtypes", "fp32", "--sizes", "16k", "--only", "fused=True")
+    with pytest.raises(KeyboardInterrupt):
+        run.run(_args(*argv, "--out", str(tmp_path)))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["partial"] is True
+    assert {r["layout"] for r in data["rows"]} == {"single"} and data["rows"]
+    assert all(r["status"] == "ok" and r["ratio_vs_fused"] == 1.0 for r in data["rows"])
+    assert (tmp_path / "results.md").read_text().count("**Partial") == 1
+    assert not (tmp_path / "results.png").exists()
 
 
 def test_rows_that_fit_in_the_cache_are_marked_and_explained(result):

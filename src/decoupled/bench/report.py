@@ -152,6 +152,12 @@ def markdown(result: dict) -> str:
         "'ms' is the median step time and 'IQR' its interquartile range.",
         "",
     ]
+    if result.get("partial"):
+        lines += [
+            "**Partial: written after the last case below finished; the run did not end (stopped or still "
+            "running), so later cases and the bandwidth check at the end are missing.**",
+            "",
+        ]
     if note := cache_note(result):
         lines += [note, ""]
     for case in cases(result["rows"]):

@@ -206,6 +206,23 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _result(args, info, contenders, rows, bw_before, bw_after) -> dict:
+    """The run's record. ``bw_after`` None: written after a case, before the run ends
+    (``"partial": true``), so that a run cut short keeps the cases it finished."""
+    measured = [bw_before] if bw_after is None else [bw_before, bw_after]
+    bound = max(b.bound_gbs for b in measured)
+    report.add_ratios(rows, bound, machine.largest_cache_bytes(info))
+    return {
+        "machine": info,
+        "bandwidth": {"before": bw_before.to_json(), "after": measured[-1].to_json(), "bound_gbs": bound},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "reference": peers.REFERENCE,
+        "skipped": sorted({(c.name, c.skip) for c in contenders if c.skip}),
+        "rows": rows,
+        **({"partial": True} if bw_after is None else {}),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         _apply_quick(args, _defaults())
@@ -250,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         bw_before = bandwidth.measure(device, elements=args.bandwidth_elements)
         progress.advance()
         rows = []
-        for n, lay, dt in cases:
+        for index, (n, lay, dt) in enumerate(cases):
             shapes = layouts.shapes_for(lay, n)
             case = {
                 "size": layouts.format_size(n),
@@ -285,27 +302,20 @@ def run(args: argparse.Namespace) -> int:
             del params, results
             _forget_compiled()
             gc.collect()
+            if index < len(cases) - 1:  # a run cut short keeps the cases it finished
+                report.write(_result(args, info, contenders, rows, bw_before, None), out, plot=False)
             progress.advance()
         progress.update("bandwidth again (drift check)")
         bw_after = bandwidth.measure(device, elements=args.bandwidth_elements)
         progress.advance()
 
-    bound = max(bw_before.bound_gbs, bw_after.bound_gbs)
-    report.add_ratios(rows, bound, machine.largest_cache_bytes(info))
     info["load_average_after"] = machine.load_average()
     info["other_load_during"] = during.stop()
     if device.type == "cpu" and (info["other_load_during"] or 0) > 0.2:
         warning = f"other processes kept {info['other_load_during']:.0%} of the CPUs busy during the run"
         info["busy_warning"] = "; ".join(filter(None, [info.get("busy_warning"), warning]))
         print(f"decoupled bench: warning: {warning}; times are noisy", file=sys.stderr)
-    result = {
-        "machine": info,
-        "bandwidth": {"before": bw_before.to_json(), "after": bw_after.to_json(), "bound_gbs": bound},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
-        "reference": peers.REFERENCE,
-        "skipped": sorted({(c.name, c.skip) for c in contenders if c.skip}),
-        "rows": rows,
-    }
+    result = _result(args, info, contenders, rows, bw_before, bw_after)
     paths = report.write(result, out, plot=not args.no_plot)
     report.print_summary(result)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -216,6 +216,9 @@ def test_entry_point_module_in_the_current_directory_in_any_order(tmp_path, monk
         "    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))\n"
         "    opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-2)\n"
         "    return m, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10)), opt\n"
+        "def no_scheduler():\n"
+        "    m = torch.nn.Linear(2, 2)\n"
+        "    return torch.optim.AdamW(m.parameters(), lr=1e-3), m, None\n"
         "def twice():\n"
         "    m = torch.nn.Linear(2, 2)\n"
         "    return m, m\n"
@@ -225,6 +228,8 @@ def test_entry_point_module_in_the_current_directory_in_any_order(tmp_path, monk
     assert main(["doctor", "mysetup_here:make", "--json"]) == 0
     codes_found = {d["code"] for d in json.loads(capsys.readouterr().out)}
     assert {"adam-l2", "decay-bias", "decay-norm"} <= codes_found and "no-warmup" not in codes_found
+    assert main(["doctor", "mysetup_here:no_scheduler", "--json"]) in (0, 1)
+    assert "no-warmup" in {d["code"] for d in json.loads(capsys.readouterr().out)}
     assert main(["doctor", "mysetup_here:twice"]) == 2
     assert "returned (Linear, Linear); return an optimizer" in capsys.readouterr().out
     assert main(["doctor", "no_such_module_here:make"]) == 2

@@ -707,6 +707,8 @@ def _unpack(setup: Any) -> dict[str, Any]:
     if isinstance(setup, (tuple, list)):  # told apart by type, so any order works
         found: dict[str, Any] = {}
         for item in setup:
+            if item is None:  # (optimizer, model, None): no scheduler
+                continue
             key = _role(item)
             if key is None or key in found:
                 kinds = ", ".join(type(x).__name__ for x in setup)

@@ -732,7 +732,7 @@ def _role(item: Any) -> str | None:
         return "optimizer"
     if isinstance(item, torch.nn.Module):
         return "model"
-    if isinstance(item, torch.optim.lr_scheduler.LRScheduler) or hasattr(item, "get_last_lr"):
+    if hasattr(item, "get_last_lr"):  # torch's LRScheduler and schedulers shaped like it
         return "scheduler"
     return None
 

@@ -86,15 +86,18 @@ def scale_lr(group: dict, factor: float) -> None:
         group["lr"] *= factor
 
 
-def assert_same(pa, pb, oa, ob, step: int, exact: Callable[[torch.Tensor], bool] = lambda p: False) -> None:
-    """Parameters and every state tensor agree: bit for bit where ``exact(param)``, else within TOL."""
+def assert_same(
+    pa, pb, oa, ob, step: int, exact: Callable[[torch.Tensor], bool] = lambda p: False, tol: dict | None = None
+) -> None:
+    """Parameters and every state tensor agree: bit for bit where ``exact(param)``, else within
+    ``tol`` (default :data:`TOL` for the dtype)."""
     for i, (a, b) in enumerate(zip(pa, pb)):
-        tol = dict(rtol=0, atol=0) if exact(a) else TOL[real_dtype(a.dtype)]
+        tol_i = dict(rtol=0, atol=0) if exact(a) else (tol or TOL[real_dtype(a.dtype)])
         sa, sb = oa.state.get(a, {}), ob.state.get(b, {})
         assert set(sa) == set(sb), f"state keys of param {i} differ: {sorted(sa)} vs {sorted(sb)}"
         for what, x, y in [("param", a, b), *((key, sa[key], sb[key]) for key in sa)]:
             where = f"{what} of param {i} after step {step}"
-            torch.testing.assert_close(x, y, **tol, msg=lambda m, where=where: f"{where}: {m}")
+            torch.testing.assert_close(x, y, **tol_i, msg=lambda m, where=where: f"{where}: {m}")
 
 
 def run_side_by_side(

@@ -32,14 +32,15 @@ import pytest
 pytest.importorskip("triton")
 
 DTYPES = ("float32", "bfloat16", "float16")
-DECAYS = ("decoupled", "lr_independent", "coupled")
+DECAYS = ("adamw", "adamw_indep", "adam_l2", "adamw_corrected", "adamw_cautious")  # decoupled.conventions keys
 CASES = [
     (dtype, decay, amsgrad, maximize)
     for dtype in DTYPES
     for decay in DECAYS
     for amsgrad in (False, True)
     for maximize in (False, True)
-    if dtype != "float16" or (not amsgrad and not maximize)
+    if (dtype != "float16" or (not amsgrad and not maximize))
+    and (dtype == "float32" or decay in DECAYS[:3])  # the newer conventions differ only in their scalars
 ]
 STEPS = 20
 # 1030 elements: two blocks of 1024, the second one almost empty; the last one is transposed
@@ -49,7 +50,7 @@ SHAPES = [(1030,), (3, 7), (1,), (0,), (20, 33)]
 def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool, device: str = "cpu") -> dict:
     import torch
 
-    from decoupled import backends
+    from decoupled import backends, conventions
     from decoupled.rule import group_coefficients
 
     dtype = getattr(torch, dtype_name)
@@ -78,7 +79,7 @@ def _run_case(dtype_name: str, decay: str, amsgrad: bool, maximize: bool, device
                 beta2=0.999,
                 eps=1e-8,
                 weight_decay=0.1,
-                decay=decay,
+                convention=conventions.get(decay),
                 lr_max=3e-2,
                 amsgrad=amsgrad,
                 maximize=maximize,
@@ -126,7 +127,7 @@ def _main(device: str) -> None:
 
     from decoupled import backends, functional
 
-    assert backends.unsupported_reason("triton", [torch.zeros(1, device=device)], differentiable=False) is None
+    assert backends.get("triton").unsupported_reason(backends.kinds_of([torch.zeros(1, device=device)])) is None
     for case in CASES:
         print(json.dumps(_run_case(*case, device=device)), flush=True)
     # through the functional API, with complex parameters (updated as real pairs, like loop)
@@ -200,12 +201,11 @@ def test_triton_unsupported_without_gpu_or_interpreter():
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("this process runs the interpreter")
-    reason = backends.unsupported_reason("triton", [torch.zeros(1)], differentiable=False)
+    triton = backends.get("triton")
+    reason = triton.unsupported_reason(backends.kinds_of([torch.zeros(1)]))
     assert reason is not None and "CUDA" in reason
-    assert "float64" in backends.unsupported_reason(
-        "triton", [torch.zeros(1, dtype=torch.float64)], differentiable=False
-    )
-    assert backends.resolve("auto", [torch.zeros(1)]) == "fused"  # auto never picks triton on CPU
+    assert "float64" in triton.unsupported_reason(backends.kinds_of([torch.zeros(1, dtype=torch.float64)]))
+    assert backends.resolve("auto", backends.kinds_of([torch.zeros(1)])).name == "fused"  # never triton on CPU
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ BAD_ARGUMENTS = [
     (dict(weight_decay=-0.01), ValueError, r"Invalid weight_decay: -0.01"),
     (dict(fused=True, foreach=True), RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, differentiable=True), RuntimeError, r"`fused` does not support `differentiable`"),
-    (dict(lr_max=1e-3), ValueError, r"lr_max only applies with lr_independent_decay=True"),
+    (dict(lr_max=1e-3), ValueError, r"lr_max only applies with decay_scaling='independent' or 'corrected'"),
+    (dict(decay_scaling="cubic"), ValueError, r"unknown decay_scaling='cubic'; choose one of \['lr', 'independent', 'corrected'\]"),
+    (dict(decay_scaling="corrected", lr_max=math.inf), ValueError, r"Invalid lr_max: inf"),
+    (dict(decay_scaling="corrected", lr_independent_decay=True), ValueError, r"contradict each other"),
     (dict(lr_independent_decay=True, lr_max=-1.0), ValueError, r"Invalid lr_max: -1.0"),
     (dict(lr_independent_decay=True, lr=0.0), ValueError, r"Invalid lr_max in param group 0: 0.0"),
 ]

@@ -14,12 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import decoupled
+from cases import BACKEND_CASES
 from decoupled import formats
-from decoupled.formats import execute
+from decoupled.formats import arena
 from decoupled.formats.dense import BF16, Dense
 from decoupled.formats.rounding import NOISE, stochastic_round_
 
 HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+# every backend that steps float32 here (the arena runs any of them) and every executor's name
+FLOAT32_BACKENDS = [c.name for c in BACKEND_CASES if c.skip_reason(torch.float32) is None]
+EXECUTOR_BACKENDS = [None] + [e.answers for e in formats.EXECUTORS.values() if e.answers]
 
 
 def params_like(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -115,20 +119,20 @@ def _bf16_weights_by_hand(steps: int, backend: str, **hyper):
     return params, opt
 
 
-@pytest.mark.parametrize("chunk", [256, 1024, execute.CHUNK])
-@pytest.mark.parametrize("backend", ["loop", "foreach", "fused"])
+@pytest.mark.parametrize("chunk", [256, 1024, arena.CHUNK])
+@pytest.mark.parametrize("backend", [b for b in FLOAT32_BACKENDS if b not in EXECUTOR_BACKENDS])
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_executor_is_exactly_the_fp32_rule_at_any_chunk_size(monkeypatch, chunk, backend, amsgrad):
     """Streaming through the arena changes nothing: bf16 weights with fp32 moments equal the fp32
     rule applied by hand, however the tensors are chunked and packed. To the bit on the loop and
-    foreach backends; torch's fused CPU kernel computes the tail of a tensor in scalar code,
-    which can differ from its vector code by one float32 ulp, so there it is within 2 ulps."""
-    monkeypatch.setattr(execute, "CHUNK", chunk)
+    foreach backends; a fused kernel (torch's on CPU computes the tail of a tensor in scalar
+    code, which can differ from its vector code by one float32 ulp) within 2 ulps."""
+    monkeypatch.setattr(arena, "CHUNK", chunk)
     ref, ref_opt = _bf16_weights_by_hand(6, backend, amsgrad=amsgrad, **HYPER)
     params = params_like(torch.bfloat16)
     opt = decoupled.AdamW(params, moments="fp32", backend=backend, amsgrad=amsgrad, **HYPER)
     run(params, opt, 6)
-    exact = backend != "fused"
+    exact = backend in ("loop", "foreach")
     for p, r in zip(params, ref):
         if exact:
             assert torch.equal(p.float(), r.detach())
@@ -204,7 +208,7 @@ def _small_updates(rounding: str, dtype=torch.bfloat16, steps=100, backend=None)
     return p, opt
 
 
-@pytest.mark.parametrize("backend", [None, "compiled"])
+@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
 def test_bf16_weights_lose_small_updates_with_nearest_and_keep_them_otherwise(backend):
     exact = 1 - 100 * 1e-4  # a constant gradient moves the weight by lr per step
     nearest, _ = _small_updates("nearest", backend=backend)
@@ -232,7 +236,7 @@ def test_kahan_in_fp16_and_no_buffer_for_fp32_weights():
     assert set(opt.state[p32]) == {"step", "exp_avg", "exp_avg_sq"}  # fp32 weights need none
 
 
-@pytest.mark.parametrize("backend", [None, "compiled"])
+@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
 def test_bf16_training_with_kahan_tracks_fp32_training(backend):
     """A small regression net in bf16: with nearest rounding the loss stalls well above the fp32
     run's; with Kahan or stochastic rounding it lands within a few percent of it."""
@@ -263,7 +267,7 @@ def test_bf16_training_with_kahan_tracks_fp32_training(backend):
 # ---- bf16 moments --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", [None, "compiled"])
+@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_bf16_moments_stay_close_to_fp32(amsgrad, backend):
     ref = params_like(torch.float32)
@@ -328,7 +332,7 @@ def test_lr_zero_leaves_bf16_weights_unchanged(moments, rounding, wd):
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", [None, "compiled"])
+@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
 def test_format_checkpoint_round_trip_continues_identically(backend):
     params = params_like(torch.bfloat16)
     opt = decoupled.AdamW(params, moments="fp32", param_rounding="kahan", backend=backend, **HYPER)

@@ -1,8 +1,10 @@
 """decoupled.AdamW / decoupled.Adam against torch.optim.AdamW / torch.optim.Adam, step for step.
 
-Every option and their combinations, on every backend, over 50 steps with None gradients, an
-lr change, two param groups with different hyperparameters, zero-size, non-contiguous,
-channels-last and complex parameters, in float32 (1e-6 relative) and float64 (1e-12).
+Every registered backend (the case table, tests/cases.py), every option and their combinations,
+over 50 steps with None gradients, an lr change, two param groups with different
+hyperparameters, zero-size, non-contiguous, channels-last and complex parameters, in float32
+and float64: the same bits against the torch implementation a backend mirrors, within its
+tolerance (1e-5 relative in float32, 1e-12 in float64 by default) otherwise.
 """
 
 from __future__ import annotations
@@ -13,38 +15,67 @@ import pytest
 import torch
 
 import decoupled
+from cases import BACKEND_CASES, BackendCase
 from scenario import assert_same, make_params, run_side_by_side, two_groups
 
 PAIRS = {"AdamW": (decoupled.AdamW, torch.optim.AdamW), "Adam": (decoupled.Adam, torch.optim.Adam)}
 # decoupled backend -> the torch.optim flags that run torch's matching implementation
 BACKEND_FLAGS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
-CASES = [
-    pytest.param(cls, backend, amsgrad, maximize, wd, dtype, id=f"{cls}-{backend}-ams{int(amsgrad)}-max{int(maximize)}-wd{wd}-{str(dtype)[6:]}")
-    for cls, backend, amsgrad, maximize, wd, dtype in itertools.product(
-        PAIRS, BACKEND_FLAGS, (False, True), (False, True), (0.0, 0.1), (torch.float32, torch.float64)
-    )
-]
+
+def _case_params():
+    """Every registered backend (the case table) x class x amsgrad x maximize x wd x dtype."""
+    out = []
+    for case, cls, amsgrad, maximize, wd, dtype in itertools.product(
+        BACKEND_CASES, PAIRS, (False, True), (False, True), (0.0, 0.1), (torch.float32, torch.float64)
+    ):
+        reason = case.skip_reason(dtype)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        name = f"{cls}-{case.name}-ams{int(amsgrad)}-max{int(maximize)}-wd{wd}-{str(dtype)[6:]}"
+        out.append(pytest.param(case, cls, amsgrad, maximize, wd, dtype, id=name, marks=marks))
+    return out
 
 
-@pytest.mark.parametrize("cls, backend, amsgrad, maximize, wd, dtype", CASES)
-def test_matches_torch(cls, backend, amsgrad, maximize, wd, dtype):
+@pytest.mark.parametrize("case, cls, amsgrad, maximize, wd, dtype", _case_params())
+def test_matches_torch(case: BackendCase, cls, amsgrad, maximize, wd, dtype):
+    """Each backend against torch: the same bits against the torch implementation it mirrors
+    (its twin flags), else within the case's tolerance of torch's for-loop."""
     ours, theirs = PAIRS[cls]
-    kind = "edge" if backend == "fused" else "complex"  # torch's fused kernel takes no complex
-    flags = BACKEND_FLAGS[backend]
-    kw = dict(amsgrad=amsgrad, maximize=maximize, weight_decay=wd, **flags)
+    kw = dict(amsgrad=amsgrad, maximize=maximize, weight_decay=wd)
+    twin = case.twin
 
     def exact(p: torch.Tensor) -> bool:
         # Same implementation on both sides: the same bits. The one exception: torch's loop adds
         # the L2 term to a complex gradient in complex arithmetic, before viewing it as real
         # (its foreach path, like ours, adds on the real view): 1 ulp apart.
+        return twin is not None and not (p.is_complex() and cls == "Adam" and case.name == "loop")
+
+    def check(pa, pb, oa, ob, step):
+        assert_same(pa, pb, oa, ob, step, exact=exact, tol=case.tol(dtype))
+
+    run_side_by_side(
+        lambda ps: ours(two_groups(ps, wd), backend=case.name, **kw),
+        lambda ps: theirs(two_groups(ps, wd), **(twin or {"foreach": False}), **kw),
+        make_params(case.kind(), dtype),
+        check=check,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKEND_FLAGS)
+@pytest.mark.parametrize("cls", PAIRS)
+def test_torch_flags_choose_the_twin_backend(cls, backend):
+    """The drop-in path: torch's own flags on both sides give the same bits."""
+    ours, theirs = PAIRS[cls]
+    flags = BACKEND_FLAGS[backend]
+
+    def exact(p: torch.Tensor) -> bool:
         return not (p.is_complex() and cls == "Adam" and backend == "loop")
 
     run_side_by_side(
-        lambda ps: ours(two_groups(ps, wd), **kw),
-        lambda ps: theirs(two_groups(ps, wd), **kw),
-        make_params(kind, dtype),
-        check=lambda *args: assert_same(*args, exact=exact),
+        lambda ps: ours(two_groups(ps, 0.1), weight_decay=0.1, amsgrad=True, **flags),
+        lambda ps: theirs(two_groups(ps, 0.1), weight_decay=0.1, amsgrad=True, **flags),
+        make_params("edge" if backend == "fused" else "complex", torch.float32),
+        check=lambda *a: assert_same(*a, exact=exact),
     )
 
 

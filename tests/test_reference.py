@@ -1,7 +1,8 @@
-"""Every backend and convention against the float64 reference in tests/reference/adam64.py.
+"""Every backend, convention and state format against the float64 reference in tests/reference/adam64.py.
 
-The reference shares no code with the package, so these tests check the math itself, including
-the lr-independent convention that torch does not have.
+The reference shares no code with the package and is written from the papers' equations, so
+these tests check the math itself, including the conventions torch does not have
+(lr-independent, corrected and cautious decay). Cases come from the table in tests/cases.py.
 """
 
 from __future__ import annotations
@@ -13,56 +14,96 @@ import pytest
 import torch
 
 import decoupled
-from decoupled import functional
-from reference.adam64 import RefState, as_real64, reference_step
-from scenario import gradient, make_params
+from cases import BACKEND_CASES, CONVENTION_CASES, FORMAT_CASES, BackendCase, FormatCase, make_optimizer
+from decoupled import conventions, functional
+from reference.adam64 import RefState, as_real64, reference_options, reference_step
+from scenario import DEVICE, gradient, make_params
 
-BACKENDS = ["loop", "foreach", "fused", "compiled"]
-CONVENTIONS = ["decoupled", "lr_independent", "coupled"]
-
-
-def _optimizer(convention, params, backend, **kw):
-    flags = {
-        "loop": {"foreach": False},
-        "foreach": {"foreach": True},
-        "fused": {"fused": True},
-        "compiled": {"backend": "compiled"},
-    }[backend]
-    if convention == "coupled":
-        return decoupled.Adam(params, **flags, **kw)
-    return decoupled.AdamW(params, lr_independent_decay=convention == "lr_independent", **flags, **kw)
+HYPER = dict(lr=3e-2, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2)
 
 
-@pytest.mark.parametrize(
-    "convention, backend, amsgrad, maximize",
-    list(itertools.product(CONVENTIONS, BACKENDS, (False, True), (False, True))),
-)
-def test_against_float64_reference(convention, backend, amsgrad, maximize):
-    kind = "edge" if backend in ("fused", "compiled") else "complex"
-    params = make_params(kind, torch.float64)
-    hyper = dict(lr=3e-2, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2, amsgrad=amsgrad, maximize=maximize)
-    opt = _optimizer(convention, params, backend, **hyper)
+def _backend_cases():
+    out = []
+    for case, convention, amsgrad, maximize in itertools.product(
+        BACKEND_CASES, CONVENTION_CASES, (False, True), (False, True)
+    ):
+        reason = case.skip_reason(torch.float64, cautious=convention.cautious)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        name = f"{case.name}-{convention.key}-ams{int(amsgrad)}-max{int(maximize)}"
+        out.append(pytest.param(case, convention, amsgrad, maximize, id=name, marks=marks))
+    return out
+
+
+def _run_against_reference(opt, params, convention, hyper, steps=50, check_every=None):
+    """Step ``opt`` and the reference side by side with a schedule that halves lr mid-run and a
+    None gradient; return the reference's parameters and states."""
     theta = [as_real64(p) for p in params]
     states = [RefState() for _ in params]
     lr_max = hyper["lr"]
-    for step in range(50):
-        lr = hyper["lr"] * (0.5 if step >= 25 else 1.0)  # a schedule: the lr halves mid-run
-        opt.param_groups[0]["lr"] = lr
+    for step in range(steps):
+        lr = hyper["lr"] * (0.5 if step >= steps // 2 else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
         for i, p in enumerate(params):
             p.grad = None if (step, i) == (7, 1) else gradient(step, i, p)
             if p.grad is not None:
                 ref_hyper = {k: v for k, v in hyper.items() if k != "lr"}
                 theta[i] = reference_step(
-                    theta[i], as_real64(p.grad), states[i], lr=lr, decay=convention, lr_max=lr_max, **ref_hyper
+                    theta[i], as_real64(p.grad), states[i], lr=lr, lr_max=lr_max, **reference_options(convention), **ref_hyper
                 )
         opt.step()
+        if check_every is not None:
+            check_every(step, theta)
+    return theta, states
+
+
+@pytest.mark.parametrize("case, convention, amsgrad, maximize", _backend_cases())
+def test_backend_against_float64_reference(case: BackendCase, convention, amsgrad, maximize):
+    """50 steps with a changing lr, float64: every backend within 1e-12 of the reference."""
+    params = make_params(case.kind(), torch.float64)
+    hyper = dict(HYPER, amsgrad=amsgrad, maximize=maximize)
+    opt = make_optimizer(params, convention, backend=case.name, **hyper)
+
+    def check(step, theta):
         for i, p in enumerate(params):
-            torch.testing.assert_close(as_real64(p), theta[i], rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(as_real64(p), theta[i], rtol=1e-12, atol=1e-14, msg=lambda m, s=step: f"step {s}: {m}")
+
+    theta, states = _run_against_reference(opt, params, convention, hyper, check_every=check)
     for i, p in enumerate(params):
         state = opt.state[p]
         assert state["step"].item() == states[i].t
         torch.testing.assert_close(as_real64(state["exp_avg"]), states[i].m, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(as_real64(state["exp_avg_sq"]), states[i].v, rtol=1e-12, atol=1e-14)
+
+
+def _format_cases():
+    out = []
+    for case in FORMAT_CASES:
+        for convention in (conventions.ADAMW, conventions.ADAMW_CAUTIOUS, conventions.ADAM_L2):
+            reason = case.skip_reason()
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            out.append(pytest.param(case, convention, id=f"{case.id}-{convention.key}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("case, convention", _format_cases())
+def test_format_against_float64_reference(case: FormatCase, convention):
+    """30 steps of every format (and executor) with a changing lr: within the format's drift of
+    the float64 reference, measured in units of the distance a weight can travel (lr per step)."""
+    torch.manual_seed(0)
+    params = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64).to(case.dtype).to(DEVICE).requires_grad_()
+        for i, shape in enumerate([(64, 80), (300,), (7, 9)])
+    ]
+    options = convention.optimizer_options()
+    cls = decoupled.AdamW if options.pop("decoupled_weight_decay") else decoupled.Adam
+    opt = cls(params, **options, **case.options, **HYPER)
+    theta, _ = _run_against_reference(opt, params, convention, HYPER, steps=30)
+    travel = HYPER["lr"] * 30
+    for i, p in enumerate(params):
+        err = (as_real64(p) - theta[i]).abs().max().item()
+        allowed = case.drift * travel + case.param_error(theta[i].abs().max().item(), 30)
+        assert err <= allowed, f"param {i}: {err:.3g} from the reference, allowed {allowed:.3g}"
 
 
 def test_lr_independent_decay_follows_schedule_shape_not_size():
@@ -84,9 +125,9 @@ def test_explicit_lr_max_and_group_keys():
     assert [g["lr_max"] for g in opt.param_groups] == [4e-3, 4e-3]
     opt = decoupled.AdamW([{"params": [w]}, {"params": [b], "lr": 1e-2}], lr=1e-3, lr_independent_decay=True)
     assert [g["lr_max"] for g in opt.param_groups] == [1e-3, 1e-2]  # each group's initial lr
-    assert all(g["lr_independent_decay"] for g in opt.param_groups)
+    assert all(g["decay_scaling"] == "independent" for g in opt.param_groups)  # one spelling
     plain = decoupled.AdamW([w], lr=1e-3)
-    assert "lr_max" not in plain.param_groups[0] and "lr_independent_decay" not in plain.param_groups[0]
+    assert not {"lr_max", "lr_independent_decay", "decay_scaling", "cautious_decay"} & set(plain.param_groups[0])
 
 
 def test_functional_matches_class():
@@ -137,7 +178,7 @@ def test_functional_rejects_mismatched_lists():
         )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [c.name for c in BACKEND_CASES if c.skip_reason(torch.float64) is None])
 def test_tensors_laid_out_unlike_their_parameter(backend):
     """A gradient set by hand in another memory layout than its parameter, a moment loaded in
     another layout, and a parameter with gaps between its elements. Torch's fused kernel reads
@@ -150,13 +191,13 @@ def test_tensors_laid_out_unlike_their_parameter(backend):
         base[:, ::2].detach().requires_grad_(),  # gaps: not dense
     ]
     hyper = dict(lr=3e-2, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.2)
-    opt = _optimizer("decoupled", params, backend, **hyper)
+    opt = decoupled.AdamW(params, backend=backend, **hyper)
     theta = [as_real64(p) for p in params]
     states = [RefState() for _ in params]
     for step in range(4):
         for i, p in enumerate(params):
             p.grad = gradient(step, i, p).contiguous()  # row-major, whatever the parameter's layout
-            theta[i] = reference_step(theta[i], as_real64(p.grad), states[i], decay="decoupled", **hyper)
+            theta[i] = reference_step(theta[i], as_real64(p.grad), states[i], **hyper)
         opt.step()
         if step == 1:  # a moment in another layout, as a checkpoint from elsewhere might hold
             opt.state[params[0]]["exp_avg"] = opt.state[params[0]]["exp_avg"].contiguous()

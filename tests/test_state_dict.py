@@ -86,12 +86,34 @@ def test_lr_independent_state_round_trips():
     opt = decoupled.AdamW(ps, lr=1e-2, weight_decay=1e-3, lr_independent_decay=True, lr_max=2e-2)
     train(opt, ps, 10)
     sd = roundtrip(opt.state_dict())
-    assert sd["param_groups"][0]["lr_independent_decay"] is True and sd["param_groups"][0]["lr_max"] == 2e-2
+    assert sd["param_groups"][0]["decay_scaling"] == "independent" and sd["param_groups"][0]["lr_max"] == 2e-2
     resumed_params = clone_params(ps)
     resumed = decoupled.AdamW(resumed_params, lr=1e-2, weight_decay=1e-3)  # plain: the checkpoint says lr-independent
     resumed.load_state_dict(sd)
     train(resumed, resumed_params, 10, start=10)
     assert_same(ref, resumed_params, ref_opt, resumed, step=19)
+
+
+def test_checkpoint_with_the_older_lr_independent_spelling_loads_as_decay_scaling():
+    """Checkpoints saved before decay_scaling said lr_independent_decay=True in their groups."""
+    params = make_params("basic", torch.float64)
+    ref = clone_params(params)
+    ref_opt = decoupled.AdamW(ref, lr=1e-2, weight_decay=1e-3, decay_scaling="independent", lr_max=2e-2)
+    train(ref_opt, ref, 6)
+    ps = clone_params(params)
+    opt = decoupled.AdamW(ps, lr=1e-2, weight_decay=1e-3, decay_scaling="independent", lr_max=2e-2)
+    train(opt, ps, 3)
+    sd = roundtrip(opt.state_dict())
+    old = sd["param_groups"][0]
+    del old["decay_scaling"]
+    old["lr_independent_decay"] = True  # the previous release's layout
+    resumed_params = clone_params(ps)
+    resumed = decoupled.AdamW(resumed_params, lr=1e-2, weight_decay=1e-3, decay_scaling="independent", lr_max=2e-2)
+    resumed.load_state_dict(sd)
+    assert resumed.param_groups[0]["decay_scaling"] == "independent"
+    assert "lr_independent_decay" not in resumed.param_groups[0]
+    train(resumed, resumed_params, 3, start=3)
+    assert_same(ref, resumed_params, ref_opt, resumed, step=5, exact=lambda p: True)
 
 
 def test_adam_checkpoint_into_adamw_becomes_decoupled():

@@ -131,3 +131,55 @@ __all__ = [
     "get",
     "of_group",
 ]
+
+
+def normalize_group(group: dict[str, Any]) -> None:
+    """Spell a param group's convention one way, in place: ``lr_independent_decay=True`` (the
+    older spelling, and what checkpoints before ``decay_scaling`` hold) becomes
+    ``decay_scaling="independent"``; ``decay_scaling="lr"`` and ``cautious_decay=False`` are
+    dropped, so a group of PyTorch's convention has exactly ``torch.optim.AdamW``'s keys."""
+    if "lr_independent_decay" in group:
+        if group.pop("lr_independent_decay"):
+            scaling = group.get("decay_scaling", Scaling.INDEPENDENT.value)
+            if scaling != Scaling.INDEPENDENT.value:
+                raise ValueError(
+                    f"lr_independent_decay=True and decay_scaling={scaling!r} contradict each other; "
+                    f"pass decay_scaling alone"
+                )
+            group["decay_scaling"] = Scaling.INDEPENDENT.value
+    if group.get("decay_scaling", Scaling.LR.value) == Scaling.LR.value:
+        group.pop("decay_scaling", None)
+    if "cautious_decay" in group and not group["cautious_decay"]:
+        group.pop("cautious_decay")
+
+
+def check_group(group: Mapping[str, Any], where: str = "") -> None:
+    """Raise ValueError unless the group's convention keys (``decay_scaling``, ``lr_max``,
+    ``cautious_decay``) name a valid convention (after :func:`normalize_group`)."""
+    suffix = f" in {where}" if where else ""
+    scaling = group.get("decay_scaling", Scaling.LR.value)
+    if scaling not in [s.value for s in Scaling]:
+        raise ValueError(
+            f"unknown decay_scaling={scaling!r}{suffix}; choose one of {[s.value for s in Scaling]} "
+            f"('lr': torch's lr*wd per step; 'independent': (lr/lr_max)*wd; 'corrected': lr**2/lr_max*wd)"
+        )
+    lr_max = group.get("lr_max")
+    if scaling == Scaling.LR.value:
+        if lr_max is not None:
+            raise ValueError(
+                f"lr_max{suffix} only applies with decay_scaling='independent' or 'corrected'; pass "
+                f"both, or neither for PyTorch's AdamW (decay lr * weight_decay per step)"
+            )
+    elif isinstance(lr_max, bool) or not isinstance(lr_max, (int, float)) or not lr_max > 0 or lr_max == float("inf"):
+        raise ValueError(
+            f"Invalid lr_max{suffix}: {lr_max!r}. decay_scaling={scaling!r} scales the decay by lr / lr_max, "
+            f"so lr_max must be a positive finite number (by default the group's initial lr)"
+        )
+    coupled = not group.get("decoupled_weight_decay", True)
+    if coupled and (scaling != Scaling.LR.value or group.get("cautious_decay")):
+        raise ValueError(
+            f"decay_scaling and cautious_decay{suffix} need decoupled weight decay; they have no meaning "
+            f"for Adam + L2 (decoupled_weight_decay=False)"
+        )
+    if not isinstance(group.get("cautious_decay", False), bool):
+        raise ValueError(f"cautious_decay{suffix} must be True or False, got {group['cautious_decay']!r}")

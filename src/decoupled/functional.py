@@ -3,17 +3,19 @@ r"""Functional AdamW and Adam over lists of tensors (what the optimizer classes 
 :func:`adamw` performs, for every tensor ``i`` (math in :mod:`decoupled.rule`)::
 
     t_i     <- t_i + 1
-    theta_i <- theta_i * rho                      rho = 1 - lr * wd            (decay="decoupled")
-                                                  rho = 1 - (lr / lr_max) * wd (decay="lr_independent")
+    theta_i <- theta_i * rho                      rho = 1 - lr * wd                (decay_scaling="lr")
+                                                  rho = 1 - (lr / lr_max) * wd     (decay_scaling="independent")
+                                                  rho = 1 - (lr**2 / lr_max) * wd  (decay_scaling="corrected")
     m_i     <- beta1 * m_i + (1 - beta1) * g_i
     v_i     <- beta2 * v_i + (1 - beta2) * g_i^2
     theta_i <- theta_i - lr / (1 - beta1^t_i) * m_i / (sqrt(v_i / (1 - beta2^t_i)) + eps)
 
 and :func:`adam` is the same with ``g_i <- g_i + wd * theta_i`` in place of the decay
 (Adam + L2). Units: ``lr`` is in parameter units per step (the step of a parameter whose
-gradient has a steady sign is about ``lr``); ``weight_decay`` is per lr unit in the
-``decoupled`` form (the fraction of theta removed per step is ``lr * wd``), and a fraction per
-step at peak lr in the ``lr_independent`` form.
+gradient has a steady sign is about ``lr``); ``weight_decay`` is per lr unit in torch's form
+(the fraction of theta removed per step is ``lr * wd``), and a fraction per step at peak lr in
+the ``independent`` form. With ``cautious_decay`` the decay applies only where ``m * theta >= 0``
+(:mod:`decoupled.rule`).
 
 All lists are updated in place; ``state_steps`` holds 0-d tensors (incremented here).
 """
@@ -24,10 +26,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import backends
-from .rule import Decay, group_coefficients
+from . import backends, conventions
+from .rule import GroupCoefficients, group_coefficients
+from .step import update_lists
 
-__all__ = ["adamw", "adam", "run"]
+__all__ = ["adamw", "adam"]
 
 
 def adamw(
@@ -45,7 +48,8 @@ def adamw(
     weight_decay: float,
     amsgrad: bool = False,
     maximize: bool = False,
-    decay: Decay | str = Decay.DECOUPLED,
+    decay_scaling: str = "lr",
+    cautious_decay: bool = False,
     lr_max: float | None = None,
     backend: str = "auto",
     differentiable: bool = False,
@@ -59,11 +63,12 @@ def adamw(
         lr: learning rate (a float, or a 1-element tensor read once per step).
         beta1, beta2: EMA coefficients in [0, 1).
         eps: added to the bias-corrected sqrt(v).
-        weight_decay: lambda of the chosen ``decay`` convention.
-        decay: ``"decoupled"`` (PyTorch's AdamW), ``"lr_independent"`` (needs ``lr_max``)
-            or ``"coupled"`` (Adam + L2).
-        lr_max: the lr at which the full ``weight_decay`` applies, for ``lr_independent``.
-        backend: ``"auto"``, ``"loop"``, ``"foreach"`` or ``"fused"``.
+        weight_decay: lambda of the convention.
+        decay_scaling: ``"lr"`` (PyTorch's AdamW), ``"independent"`` or ``"corrected"`` (both
+            need ``lr_max``); see :mod:`decoupled.conventions`.
+        cautious_decay: decay only where the update and the weight agree in sign.
+        lr_max: the peak lr, for ``independent`` and ``corrected``.
+        backend: a name of :mod:`decoupled.backends` or ``"auto"``.
         differentiable: keep autograd history through the step (loop backend only).
 
     Example:
@@ -74,83 +79,40 @@ def adamw(
         >>> p  # the first step moves each element by lr against the gradient's sign
         tensor([0.9000, 0.9000, 0.9000])
     """
-    params = list(params)
-    if not params:
-        return
-    n = len(params)
-    lists = {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "state_steps": state_steps}
-    if amsgrad:
-        lists["max_exp_avg_sqs"] = max_exp_avg_sqs
-    for name, values in lists.items():
-        if len(values) != n:
-            raise ValueError(f"{name} has {len(values)} tensors but params has {n}; pass one per parameter")
-    run(
-        backends.resolve(backend, params, differentiable=differentiable),
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decay=decay,
-        lr_max=lr_max,
-        differentiable=differentiable,
-    )
-
-
-def run(
-    backend: str,
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    max_exp_avg_sqs: Sequence[torch.Tensor],
-    state_steps: Sequence[torch.Tensor],
-    *,
-    lr: float | torch.Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decay: Decay | str,
-    lr_max: float | None,
-    differentiable: bool,
-) -> None:
-    """:func:`adamw` on a backend the caller already resolved, without re-checking the lists.
-
-    The optimizer classes call this once per group after checking everything up front.
-    """
+    group = {"decay_scaling": decay_scaling, "cautious_decay": cautious_decay, "lr_max": lr_max}
+    conventions.normalize_group(group)
+    conventions.check_group(group)
     c = group_coefficients(
         lr=lr,
         beta1=beta1,
         beta2=beta2,
         eps=eps,
         weight_decay=weight_decay,
-        decay=decay,
+        convention=conventions.of_group(group),
         lr_max=lr_max,
         amsgrad=amsgrad,
         maximize=maximize,
     )
-    torch._foreach_add_(list(state_steps), 1.0)  # one call, not one op per tensor
-    backends.BACKENDS[backend](
-        list(params),
-        list(grads),
-        list(exp_avgs),
-        list(exp_avg_sqs),
-        list(max_exp_avg_sqs),
-        list(state_steps),
-        c,
-        differentiable=differentiable,
-    )
+    _run(c, (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs), state_steps, backend, differentiable)
+
+
+def _run(
+    c: GroupCoefficients,
+    lists: tuple[Sequence[torch.Tensor], ...],
+    state_steps: Sequence[torch.Tensor],
+    backend: str,
+    differentiable: bool,
+) -> None:
+    """Check the lists' lengths, choose the backend and run the step (for :func:`adamw` and :func:`adam`)."""
+    params = list(lists[0])
+    if not params:
+        return
+    names = ("grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+    for name, values in [*zip(names, lists[1:]), ("state_steps", state_steps)]:
+        if (name != "max_exp_avg_sqs" or c.amsgrad) and len(values) != len(params):
+            raise ValueError(f"{name} has {len(values)} tensors but params has {len(params)}; pass one per parameter")
+    chosen = backends.resolve(backend, backends.kinds_of(params), differentiable=differentiable, cautious=c.cautious)
+    update_lists(chosen, tuple(list(ts) for ts in lists), list(state_steps), c, differentiable=differentiable)
 
 
 def adam(
@@ -172,21 +134,14 @@ def adam(
     differentiable: bool = False,
 ) -> None:
     """One Adam + L2 step (``g <- g + weight_decay * theta``); see :func:`adamw` for the arguments."""
-    adamw(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
+    c = group_coefficients(
         lr=lr,
         beta1=beta1,
         beta2=beta2,
         eps=eps,
         weight_decay=weight_decay,
+        convention=conventions.ADAM_L2,
         amsgrad=amsgrad,
         maximize=maximize,
-        decay=Decay.COUPLED,
-        backend=backend,
-        differentiable=differentiable,
     )
+    _run(c, (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs), state_steps, backend, differentiable)

@@ -1,51 +1,31 @@
 r"""The optimizer classes: :class:`AdamW` (drop-in ``torch.optim.AdamW``) and :class:`Adam` (Adam + L2).
 
 Both validate their arguments, own the per-parameter state (in ``torch.optim.AdamW``'s layout,
-so checkpoints move between the two in both directions), and call
-:func:`decoupled.functional.adamw` once per param group. The math lives in
-:mod:`decoupled.rule`; how it runs lives in :mod:`decoupled.backends`.
+so checkpoints move between the two in both directions), and hand every param group to the
+step pipeline (:mod:`decoupled.step`). The math lives in :mod:`decoupled.rule`, the
+conventions in :mod:`decoupled.conventions`, how it runs in :mod:`decoupled.backends` and
+:mod:`decoupled.formats`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from . import backends, formats, functional, statedict
-from .formats import execute as formats_execute
-from .hyper import check_group, check_number
-from .rule import Decay, group_coefficients
+from . import conventions, formats, statedict
+from . import step as pipeline
+from .backends import REGISTRY
+from .hyper import check_group
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
-
-# Keys that only an lr-independent group carries; without the option the param_groups keys
-# are exactly torch.optim.AdamW's.
-LR_INDEPENDENT_KEYS = ("lr_independent_decay", "lr_max")
 
 
 def _scalar(x: float | torch.Tensor) -> float | torch.Tensor:
     """A 1-element tensor as a 0-d tensor (as torch stores betas); a number unchanged."""
     return x.squeeze() if isinstance(x, torch.Tensor) and x.dim() != 0 else x
-
-
-def _step_dtype(fused: bool | None) -> torch.dtype:
-    if fused:
-        return torch.float32
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-@dataclass
-class _Plan:
-    """What one param group's step will do: which parameters, and which backends."""
-
-    plain: list[torch.Tensor]  # torch's state layout: run by functional.run
-    formatted: list[torch.Tensor]  # another state format: run by formats.execute
-    backend: str
-    formatted_backend: str
 
 
 class _AdamFamily(Optimizer):
@@ -66,6 +46,8 @@ class _AdamFamily(Optimizer):
         differentiable: bool,
         fused: bool | None,
         decoupled_weight_decay: bool,
+        decay_scaling: str = "lr",
+        cautious_decay: bool = False,
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
         backend: str | None = None,
@@ -73,8 +55,8 @@ class _AdamFamily(Optimizer):
         param_rounding: str = "nearest",
     ) -> None:
         if backend is not None:
-            if backend not in ("auto", *backends.BACKENDS):
-                raise ValueError(f"unknown backend {backend!r}; choose one of {['auto', *backends.BACKENDS]}")
+            if backend not in ("auto", *REGISTRY):
+                raise ValueError(f"unknown backend {backend!r}; choose one of {['auto', *REGISTRY]}")
             if foreach or fused:
                 raise ValueError(
                     f"backend={backend!r} and torch's foreach/fused flags both choose the backend; pass one of them"
@@ -94,40 +76,72 @@ class _AdamFamily(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "decay_scaling": decay_scaling,
+            "cautious_decay": cautious_decay,
         }
-        if lr_independent_decay:
-            if lr_max is not None:
-                check_number("lr_max", lr_max, hint=" (the lr at which the full weight_decay applies)")
-            defaults.update(lr_independent_decay=True, lr_max=lr_max)
-        elif lr_max is not None:
-            raise ValueError(
-                "lr_max only applies with lr_independent_decay=True; pass both, or neither for "
-                "PyTorch's AdamW (decay lr * weight_decay per step)"
-            )
-        formats.check_options(moments, param_rounding)
-        # like the lr-independent keys: present only when not torch's, so the layout stays torch's
-        defaults.update(
-            {k: v for k, v in (("moments", moments), ("param_rounding", param_rounding)) if v != formats.DEFAULTS[k]}
-        )
-        check_group({**defaults, "lr_max": lr_max or 1.0})
+        if lr_independent_decay:  # the older spelling of decay_scaling="independent"
+            if decay_scaling not in ("lr", "independent"):
+                raise ValueError(
+                    f"lr_independent_decay=True and decay_scaling={decay_scaling!r} contradict each other; "
+                    f"pass decay_scaling alone"
+                )
+            defaults["decay_scaling"] = "independent"
+        if lr_max is not None:
+            defaults["lr_max"] = lr_max
+        # like the convention keys: present only when not torch's, so the layout stays torch's
+        defaults.update(moments=moments, param_rounding=param_rounding)
+        self._normalize(defaults)
+        conventions.check_group({**defaults, "lr_max": defaults.get("lr_max", 1.0)} if "decay_scaling" in defaults else defaults)
+        check_group(defaults)
         self._checked: dict[int, tuple] = {}  # group index -> hyperparameters last checked at step()
         super().__init__(params, defaults)
+        if fused:  # torch.amp.GradScaler then hands step() grad_scale/found_inf, as for torch's fused AdamW
+            self._step_supports_amp_scaling = True
+
+    @staticmethod
+    def _normalize(group: dict[str, Any]) -> None:
+        """One spelling for the convention and format keys: the default ones are absent."""
+        conventions.normalize_group(group)
+        for key, default in formats.DEFAULTS.items():
+            if group.get(key, default) == default:
+                group.pop(key, None)
+        formats.check_options(group.get("moments", "param"), group.get("param_rounding", "nearest"))
 
     # ---- groups and state ------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict) and "lr_independent_decay" in param_group:
+            # the older spelling, translated before torch fills in the defaults so that a group's
+            # own lr_independent_decay=False is not overridden by the optimizer's decay_scaling
+            param_group = dict(param_group)
+            independent = param_group.pop("lr_independent_decay")
+            param_group.setdefault("decay_scaling", "independent" if independent else "lr")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group.get("lr_independent_decay") and group.get("lr_max") is None:
+        self._normalize(group)
+        if "decay_scaling" not in group and group.get("lr_max") is not None and "lr_max" not in param_group:
+            del group["lr_max"]  # inherited from the defaults by a group of PyTorch's convention
+        if group.get("decay_scaling") and group.get("lr_max") is None:
             group["lr_max"] = float(group["lr"])  # the group's initial lr
         try:
+            conventions.check_group(group, where=f"param group {len(self.param_groups) - 1}")
             check_group(group, where=f"param group {len(self.param_groups) - 1}")
         except (ValueError, RuntimeError):
             self.param_groups.pop()  # leave the optimizer as it was
             raise
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["backend"] = self.backend  # an execution choice, kept by copies and pickles
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickling (a copy, torch.load of the whole optimizer) brings "backend"; torch's
+        # load_state_dict also passes through here, without it, and keeps the optimizer's own
+        backend = state.pop("backend", getattr(self, "backend", None))
         super().__setstate__(state)
+        self.backend = backend
+        self._checked = {}
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
             group.setdefault("maximize", False)
@@ -136,15 +150,18 @@ class _AdamFamily(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", self._default_decoupled)
+            conventions.normalize_group(group)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):  # checkpoints before torch 1.12
                     on_device = group["capturable"] or group["fused"]
                     p_state["step"] = torch.tensor(
                         float(p_state["step"]),
-                        dtype=_step_dtype(group["fused"]),
+                        dtype=pipeline.step_dtype(group),
                         device=p.device if on_device else "cpu",
                     )
+        if any(g["fused"] for g in self.param_groups):
+            self._step_supports_amp_scaling = True
 
     _default_decoupled = True
 
@@ -161,6 +178,7 @@ class _AdamFamily(Optimizer):
         super().load_state_dict(state_dict)
         self._restore_saved_dtypes(state_dict)
         for group, keep in zip(self.param_groups, chosen):
+            conventions.normalize_group(group)
             for key in formats.DEFAULTS:
                 group.pop(key, None)
             group.update(keep)
@@ -173,6 +191,7 @@ class _AdamFamily(Optimizer):
                         self.state[p] = formats.convert_entry(
                             self.state[p], p, formats.PARAM, rounding, contiguous=False
                         )
+        self._checked = {}
 
     def _restore_saved_dtypes(self, state_dict: dict[str, Any]) -> None:
         """Undo torch's cast of loaded state to the parameter's dtype: a format's tensors keep
@@ -186,91 +205,16 @@ class _AdamFamily(Optimizer):
                 if key != "step" and isinstance(value, torch.Tensor) and loaded[key].dtype != value.dtype:
                     loaded[key] = value.to(by_index[index].device)
 
-    def _init_state(self, group: dict[str, Any], p: torch.Tensor, formatted: bool = False) -> dict[str, Any]:
-        state = self.state[p]
-        if formatted:
-            fmt, rounding = formats.options(group)
-            if not state:
-                state["step"] = torch.zeros((), dtype=_step_dtype(group["fused"]), device=p.device)
-                for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()):
-                    state.update(formats.allocate(p, fmt, moment))
-            elif group["amsgrad"] and formats.which(state, "max_exp_avg_sq", p) is None:
-                state.update(formats.running_max_from_v(state, p, fmt))  # amsgrad switched on mid-run
-            if rounding == "kahan" and formats.COMPENSATION_KEY not in state and formats.is_low_precision(p):
-                state.update(formats.compensation_buffer(p))
-            return state
-        if not state:
-            on_device = group["capturable"] or group["fused"]
-            state["step"] = torch.zeros((), dtype=_step_dtype(group["fused"]), device=p.device if on_device else "cpu")
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        elif group["amsgrad"] and "max_exp_avg_sq" not in state:
-            # amsgrad switched on mid-run: the running maximum starts from the current v
-            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
-        return state
-
     # ---- the step --------------------------------------------------------------------------
 
-    def _params_with_grad(self, index: int, group: dict[str, Any]) -> _Plan:
-        """The group's parameters that have a gradient, checked, split into those with torch's
-        state layout and those with another format, and the backends that will run them."""
+    def _check(self, index: int, group: dict[str, Any]) -> None:
+        """Validate a group's hyperparameters when they changed since the last step (a schedule)."""
         hyper = (group["lr"], group["betas"], group["eps"], group["weight_decay"], group.get("lr_max"))
         if any(isinstance(h, torch.Tensor) for h in (hyper[0], *hyper[1])) or self._checked.get(index) != hyper:
-            check_group(group, where=f"param group {index}")  # only when a value changed (a schedule)
+            where = f"param group {index}"
+            conventions.check_group(group, where=where)
+            check_group(group, where=where)
             self._checked[index] = hyper
-        names = group.get("param_names")
-        plain, formatted = [], []
-        for j, p in enumerate(group["params"]):
-            grad = p.grad
-            if grad is None:
-                continue
-            what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients ({what}, shape "
-                    f"{tuple(p.shape)}). Use torch.optim.SparseAdam for that parameter, or build the "
-                    f"embedding with sparse=False."
-                )
-            if ("moments" in group or "param_rounding" in group) and formats.is_formatted(group, p):
-                reason = formats.unsupported_reason(group, p)
-                if reason is not None:
-                    raise ValueError(f"{what}: {reason}")
-                formatted.append(p)
-            else:
-                plain.append(p)
-        name = self._backend(group)
-        differentiable = group["differentiable"]
-        return _Plan(
-            plain,
-            formatted,
-            backends.resolve(name, plain, differentiable=differentiable),
-            # formatted state is updated through float32 copies on the parameters' devices
-            backends.resolve(
-                name,
-                [torch.empty(0, device=d) for d in {p.device for p in formatted}],
-                differentiable=differentiable,
-            ),
-        )
-
-    def _backend(self, group: dict[str, Any]) -> str:
-        """The backend asked for: ``backend=`` if given, else what torch's flags mean."""
-        if self.backend is not None:
-            return self.backend
-        if group["fused"]:
-            return "fused"
-        if group["foreach"]:
-            return "foreach"
-        if group["foreach"] is False or group["differentiable"]:
-            return "loop"
-        return "auto"
-
-    @staticmethod
-    def _decay(group: dict[str, Any]) -> Decay:
-        if not group["decoupled_weight_decay"]:
-            return Decay.COUPLED
-        return Decay.LR_INDEPENDENT if group.get("lr_independent_decay") else Decay.DECOUPLED
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform one optimization step (optionally re-evaluating the loss with ``closure``).
@@ -287,48 +231,15 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
-            plans = [self._params_with_grad(i, g) for i, g in enumerate(self.param_groups)]
-            for group, plan in zip(self.param_groups, plans):
-                beta1, beta2 = group["betas"]
-                hyper = dict(
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    amsgrad=group["amsgrad"],
-                    maximize=group["maximize"],
-                    decay=self._decay(group),
-                    lr_max=group.get("lr_max"),
-                )
-                if plan.plain:
-                    states = [self._init_state(group, p) for p in plan.plain]
-                    functional.run(
-                        plan.backend,
-                        plan.plain,
-                        [p.grad for p in plan.plain],  # type: ignore[misc]  # all not None
-                        [s["exp_avg"] for s in states],
-                        [s["exp_avg_sq"] for s in states],
-                        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-                        [s["step"] for s in states],
-                        differentiable=group["differentiable"],
-                        **hyper,
-                    )
-                if plan.formatted:
-                    moments, rounding = formats.options(group)
-                    states = [self._init_state(group, p, formatted=True) for p in plan.formatted]
-                    torch._foreach_add_([s["step"] for s in states], 1.0)
-                    local = formats.sharded.local  # DTensor parameters: their shards, in place
-                    formats_execute.step(
-                        plan.formatted_backend,
-                        [local(p) for p in plan.formatted],
-                        [local(p.grad) for p in plan.formatted],  # type: ignore[arg-type]
-                        [formats.sharded.local_entry(s, p) for s, p in zip(states, plan.formatted)],
-                        group_coefficients(**hyper),
-                        moments=moments,
-                        rounding=rounding,
-                    )
+            plans = []
+            for index, group in enumerate(self.param_groups):
+                self._check(index, group)
+                asked = pipeline.asked_backend(group, self.backend)
+                plans.append(pipeline.plan(group, index, asked, owner=type(self).__name__))
+            for p in plans:
+                pipeline.run(p, self.state, grad_scale=grad_scale, found_inf=found_inf)
         return loss
 
 
@@ -367,14 +278,21 @@ class AdamW(_AdamFamily):
             ``step()`` is not supported yet).
         differentiable: keep autograd history through the step (runs the loop backend).
         fused: ``True`` for one fused kernel per device and dtype.
-        lr_independent_decay: decay by :math:`(\gamma/\gamma_{max})\lambda` per step instead of
-            :math:`\gamma\lambda`: the decay follows the *shape* of the lr schedule but not the
-            size of lr, so changing lr does not change how strongly weights are pulled to zero
-            (the parametrization of Loshchilov & Hutter; Composer's ``DecoupledAdamW``).
-            With it, typical ``weight_decay`` values are ~1e-4 to 1e-5, not ~1e-2. Adds the
-            keys ``lr_independent_decay`` and ``lr_max`` to the param groups.
-        lr_max: :math:`\gamma_{max}` for ``lr_independent_decay``; by default each group's lr
-            at construction.
+        decay_scaling: how the decay follows the learning rate (:mod:`decoupled.conventions`):
+            ``"lr"`` (torch's, the default) removes :math:`\gamma_t\lambda` of each weight per
+            step; ``"independent"`` removes :math:`(\gamma_t/\gamma_{max})\lambda`, the *shape*
+            of the schedule but not the size of lr (Loshchilov & Hutter's parametrization;
+            typical ``weight_decay`` values ~1e-4 to 1e-5, not ~1e-2); ``"corrected"`` removes
+            :math:`(\gamma_t^2/\gamma_{max})\lambda` (AdamC, Defazio et al. 2025, which keeps the
+            steady-state norm of normalized layers independent of the schedule). Per group; adds
+            the keys ``decay_scaling`` and ``lr_max`` to the param groups that use it.
+        cautious_decay: decay only the coordinates where the Adam update and the weight agree in
+            sign (Chen et al. 2025): :math:`\theta \leftarrow \theta - \gamma(u + \lambda\,
+            \mathbb 1[u\theta \ge 0]\,\theta)`. Combines with every ``decay_scaling``; torch's fused
+            kernel cannot mask, so ``auto`` runs it elsewhere. Adds ``cautious_decay`` to the groups.
+        lr_independent_decay: the older spelling of ``decay_scaling="independent"`` (accepted).
+        lr_max: :math:`\gamma_{max}` for ``decay_scaling`` ``"independent"`` or ``"corrected"``; by
+            default each group's lr at construction.
         backend: run a named backend of :mod:`decoupled.backends` (``"loop"``, ``"foreach"``,
             ``"fused"``, ``"triton"``, ``"compiled"``, or ``"auto"``) instead of choosing by
             ``foreach``/``fused``. ``"compiled"`` fuses the low-memory formats' loads and stores
@@ -415,6 +333,8 @@ class AdamW(_AdamFamily):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        decay_scaling: str = "lr",
+        cautious_decay: bool = False,
         lr_independent_decay: bool = False,
         lr_max: float | None = None,
         backend: str | None = None,
@@ -434,6 +354,8 @@ class AdamW(_AdamFamily):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            decay_scaling=decay_scaling,
+            cautious_decay=cautious_decay,
             lr_independent_decay=lr_independent_decay,
             lr_max=lr_max,
             backend=backend,
@@ -460,8 +382,8 @@ class Adam(_AdamFamily):
     comparing the two (``decoupled compare``, ``decoupled explain``).
 
     Same signature and defaults as ``torch.optim.Adam`` (``weight_decay=0``); with
-    ``decoupled_weight_decay=True`` it is :class:`AdamW`. ``backend``, ``moments`` and
-    ``param_rounding`` are as in :class:`AdamW`.
+    ``decoupled_weight_decay=True`` it is :class:`AdamW` (with torch's ``decay_scaling="lr"``).
+    ``backend``, ``moments`` and ``param_rounding`` are as in :class:`AdamW`.
     """
 
     _default_decoupled = False

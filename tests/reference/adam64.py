@@ -1,15 +1,20 @@
-"""A float64 reference of Adam with the three weight-decay conventions, readable as the math.
+"""A float64 reference of Adam with every weight-decay convention, written from the papers' equations.
 
     t      <- t + 1
     g      <- -g                                   if maximize
-    g      <- g + wd * theta                       if decay == "coupled"   (Adam + L2)
-    theta  <- theta * (1 - lr * wd)                if decay == "decoupled" (PyTorch's AdamW)
-    theta  <- theta * (1 - lr / lr_max * wd)       if decay == "lr_independent"
+    g      <- g + wd * theta                       if coupled                (Adam + L2)
+    d      <- lr * wd                              scaling "lr"              (PyTorch's AdamW)
+              lr / lr_max * wd                     scaling "independent"     (Loshchilov & Hutter)
+              lr^2 / lr_max * wd                   scaling "corrected"       (AdamC, Defazio et al. 2025)
     m      <- beta1 * m + (1 - beta1) * g
     v      <- beta2 * v + (1 - beta2) * g * g
     vmax   <- max(vmax, v)                         if amsgrad; then vmax is used below
-    theta  <- theta - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+    u      <- (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    theta  <- theta - lr * u - d * theta           decoupled
+    theta  <- theta - lr * u - d * 1[u * theta >= 0] * theta
+                                                   cautious (Chen et al. 2025, Algorithm 1)
 
+The decoupled decay uses theta before the step, as theta * (1 - d) then the Adam step does.
 It shares no code with the package. Complex numbers are treated as pairs of reals, as PyTorch does.
 """
 
@@ -43,7 +48,9 @@ def reference_step(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-    decay: str = "decoupled",
+    coupled: bool = False,
+    scaling: str = "lr",
+    cautious: bool = False,
     lr_max: float | None = None,
     amsgrad: bool = False,
     maximize: bool = False,
@@ -56,20 +63,28 @@ def reference_step(
     s.t += 1
     if maximize:
         g = -g
-    if decay == "coupled":
+    d = 0.0
+    if coupled:
         g = g + weight_decay * theta
-    elif decay == "decoupled":
-        theta = theta * (1 - lr * weight_decay)
-    elif decay == "lr_independent":
-        theta = theta * (1 - lr / lr_max * weight_decay)
+    elif scaling == "lr":
+        d = lr * weight_decay
+    elif scaling == "independent":
+        d = lr / lr_max * weight_decay
+    elif scaling == "corrected":
+        d = lr**2 / lr_max * weight_decay
     else:
-        raise ValueError(decay)
+        raise ValueError(scaling)
     s.m = beta1 * s.m + (1 - beta1) * g
     s.v = beta2 * s.v + (1 - beta2) * g * g
     v = s.v
     if amsgrad:
         s.vmax = torch.maximum(s.vmax, s.v)
         v = s.vmax
-    m_hat = s.m / (1 - beta1**s.t)
-    v_hat = v / (1 - beta2**s.t)
-    return theta - lr * m_hat / (v_hat.sqrt() + eps)
+    u = (s.m / (1 - beta1**s.t)) / ((v / (1 - beta2**s.t)).sqrt() + eps)
+    mask = (u * theta >= 0).to(theta.dtype) if cautious else 1.0
+    return theta - lr * u - d * mask * theta
+
+
+def reference_options(convention) -> dict:
+    """``reference_step``'s keywords for a ``decoupled.conventions.Convention``."""
+    return dict(coupled=convention.coupled, scaling=convention.scaling.value, cautious=convention.cautious)

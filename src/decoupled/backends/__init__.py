@@ -1,82 +1,73 @@
-"""Backends: how the update rule of :mod:`decoupled.rule` is executed.
-
-Every backend is a function with one signature,
-``step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, c, *, differentiable)``,
-that updates the tensors in place for one step whose ``state_steps`` were already incremented.
-``c`` is a :class:`~decoupled.rule.GroupCoefficients`. A backend raises
-:class:`Unsupported` (with the reason) for inputs it cannot run, before touching anything.
+"""Backends: how the update rule of :mod:`decoupled.rule` is executed, as records in a registry.
 
 =========  ===============================================================================
 name       what it is
 =========  ===============================================================================
 loop       one tensor at a time: the readable reference (:mod:`.loop`)
 foreach    multi-tensor ``torch._foreach_*`` over tensors grouped by device and dtype
-fused      one fused kernel per device and dtype (:mod:`.fused`)
+fused      torch's own fused kernel, one call per device and dtype (:mod:`.fused`)
 triton     one Triton kernel launch per list, fp32/bf16/fp16 (:mod:`.triton`; CUDA, or CPU
            under ``TRITON_INTERPRET=1`` for tests)
-compiled   one ``torch.compile``'d kernel per tensor that fuses loads, update and stores
-           (:mod:`.compiled`); its point is low-memory state formats, opt-in only
+compiled   one ``torch.compile``'d kernel per large tensor (:mod:`.compiled`); the state
+           formats use its storage-fused form
 =========  ===============================================================================
 
-``auto`` picks the fastest backend that supports the inputs (see :func:`resolve`).
+Each module defines ``BACKEND``, a :class:`~.base.Backend` record (step function, what it
+supports, its rank for ``auto``); :data:`MODULES` lists the modules, so adding a backend is one
+file plus one name there, and the case table of the tests picks it up. ``auto`` runs the
+best-ranked backend that supports the tensors (:func:`resolve`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
 
-import torch
-
-from . import compiled, foreach, fused, loop
-from . import triton as triton_backend
+from .base import Backend, Kinds, StepFn, kinds_of
 
 
 class Unsupported(RuntimeError):
     """A backend cannot run these inputs; the message says why and what to use instead."""
 
 
-StepFn = Callable[..., None]
+MODULES = ("loop", "foreach", "fused", "triton", "compiled")
+"""The registry: one module per backend, each defining ``BACKEND``."""
 
-BACKENDS: dict[str, StepFn] = {
-    "loop": loop.step,
-    "foreach": foreach.step,
-    "fused": fused.step,
-    "triton": triton_backend.step,
-    "compiled": compiled.step,
+REGISTRY: dict[str, Backend] = {
+    b.name: b for b in (importlib.import_module(f"{__name__}.{m}").BACKEND for m in MODULES)
 }
 
-# What `auto` tries, fastest first (measured by `decoupled bench`; see benchmarks/).
-# triton is not in it yet: on CUDA, torch's own fused kernel stays the default until the
-# triton backend is measured faster on a GPU (benchmarks/ has no GPU numbers so far); on CPU
-# the fused backend (torch's fused CPU kernel) is the fastest measured.
-AUTO_ORDER: tuple[str, ...] = ("fused", "foreach", "loop")
+BACKENDS: dict[str, StepFn] = {name: b.step for name, b in REGISTRY.items()}
+"""Step function by backend name."""
 
 
-def unsupported_reason(name: str, params: Sequence[torch.Tensor], *, differentiable: bool) -> str | None:
-    """Why backend ``name`` cannot run on ``params``, or None when it can."""
-    if name == "loop":
-        return None
-    if differentiable:
-        return f"the {name} backend does not record autograd history; differentiable=True needs the loop backend"
-    if name == "fused":
-        return fused.unsupported_reason(params)
-    if name == "triton":
-        return triton_backend.unsupported_reason(params)
-    if name == "compiled":
-        return compiled.unsupported_reason(params)
-    return None
+def get(name: str) -> Backend:
+    """The backend called ``name``; ValueError listing the choices otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {['auto', *REGISTRY]}") from None
 
 
-def resolve(name: str, params: Sequence[torch.Tensor], *, differentiable: bool = False) -> str:
-    """The backend to run: ``name`` itself, or for ``auto`` the first of :data:`AUTO_ORDER` that fits."""
+def candidates(kinds: Kinds) -> list[Backend]:
+    """``auto``'s candidates for tensors of ``kinds``, best first."""
+    ranked = [(b.rank(kinds), i, b) for i, b in enumerate(REGISTRY.values())]
+    return [b for rank, _, b in sorted((r, i, b) for r, i, b in ranked if r is not None)]
+
+
+def resolve(name: str, kinds: Kinds, *, differentiable: bool = False, cautious: bool = False) -> Backend:
+    """The backend to run: ``name`` itself (Unsupported with the reason if it cannot run these
+    tensors), or for ``auto`` the best-ranked candidate that can."""
+    options = dict(differentiable=differentiable, cautious=cautious)
     if name == "auto":
-        return next(b for b in AUTO_ORDER if unsupported_reason(b, params, differentiable=differentiable) is None)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {['auto', *BACKENDS]}")
-    reason = unsupported_reason(name, params, differentiable=differentiable)
+        for backend in candidates(kinds):
+            if backend.unsupported_reason(kinds, **options) is None:
+                return backend
+        raise Unsupported(f"no backend runs tensors of {sorted(kinds, key=str)} with {options}")
+    backend = get(name)
+    reason = backend.unsupported_reason(kinds, **options)
     if reason is not None:
         raise Unsupported(reason)
-    return name
+    return backend
 
 
-__all__ = ["BACKENDS", "AUTO_ORDER", "Unsupported", "resolve", "unsupported_reason"]
+__all__ = ["Backend", "Kinds", "REGISTRY", "BACKENDS", "MODULES", "Unsupported", "get", "candidates", "resolve", "kinds_of"]

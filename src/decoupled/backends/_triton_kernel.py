@@ -45,6 +45,7 @@ def adam_kernel(
     neg_step_size,
     bias_correction2_sqrt,
     HAS_DECAY: tl.constexpr,
+    CAUTIOUS: tl.constexpr,
     HAS_L2: tl.constexpr,
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
@@ -79,13 +80,15 @@ def adam_kernel(
         g = -g
     if HAS_L2:  # g.add(p, alpha=l2): torch computes fma(p, l2, g)
         g = tl.fma(p, l2, g)
-    if HAS_DECAY:
+    if HAS_DECAY and not CAUTIOUS:
         p = p * decay_factor
     # m.lerp_(g, w) as torch computes it: m + w (g - m) for |w| < 0.5, else g - (1 - w)(g - m),
     # each as one fused multiply-add (torch's vectorized CPU kernel does the same)
     w = one_minus_beta1
     diff = g - m
     m = tl.where(w < 0.5, tl.fma(diff, w, m), tl.fma(diff, w - 1.0, g))
+    if HAS_DECAY and CAUTIOUS:  # decay where the update (sign of m) and the weight agree
+        p = tl.where(m * p >= 0, p * decay_factor, p)
     # v.mul_(beta2).addcmul_(g, g, value=1 - beta2): torch computes fma(value * g, g, v)
     v = tl.fma(one_minus_beta2 * g, g, v * beta2)
     second = v

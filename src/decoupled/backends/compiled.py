@@ -1,7 +1,7 @@
 r"""The compiled backend: load, update and store of one tensor fused into one kernel by ``torch.compile``.
 
-An optimizer step is bound by memory traffic. The formats' executor
-(:mod:`decoupled.formats.execute`) loads bf16 state to a float32 buffer, runs the update, and
+An optimizer step is bound by memory traffic. The formats' arena executor
+(:mod:`decoupled.formats.arena`) loads bf16 state to a float32 buffer, runs the update, and
 stores it back with stochastic rounding: three passes over the state. Here one function does
 all three for one parameter, and inductor compiles it into one loop (C++/OpenMP on CPU,
 Triton on GPU) that reads every stored byte once and writes it once:
@@ -14,14 +14,15 @@ Triton on GPU) that reads every stored byte once and writes it once:
     v \leftarrow \mathrm{round}(v_{32})
 
 where the float32 values never reach memory, and ``round`` is a plain cast, stochastic
-rounding to bf16 (:mod:`decoupled.formats.rounding`, noise from its pool) or a Kahan write.
-The update between is :func:`decoupled.rule.adam_update`, the one rule every backend runs,
-over 0-d float64 tensors for the coefficients (:class:`_Coefficients`): as tensors they are
+rounding to bf16 (uniform 16-bit noise added to the float32 bits, read from a pool the caller
+passes in) or a Kahan write. The update between is :func:`decoupled.rule.adam_update`, the one
+rule every backend runs, over 0-d float64 tensors for the coefficients: as tensors they are
 inputs of the compiled graph rather than constants baked into it, so a schedule that changes
 lr every step does not recompile it. Sizes are dynamic, so one graph serves every tensor.
 
-Used for dense state (``moments`` ``"param"``, ``"fp32"`` or ``"bf16"``, any
-``param_rounding``) with ``backend="compiled"``. Not bitwise equal to the loop backend:
+As a backend it runs torch's state layout (:func:`step`); the dense state formats run their
+storage-fused form through :func:`update` (:mod:`decoupled.formats.compiled`, with
+``backend="compiled"``). Not bitwise equal to the loop backend:
 inductor may contract multiply-adds, so results differ in the last bits of float32 (tested
 within a few ulp per step). The first step compiles (seconds, and a C++ compiler on CPU).
 """
@@ -29,51 +30,26 @@ within a few ulp per step). The first step compiles (seconds, and a C++ compiler
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from ..rule import GroupCoefficients, TensorOps, adam_update, step_coefficients
+from . import foreach, fused
+from .base import Backend, Kinds
 
+_OPS = TensorOps()  # coefficients are 0-d tensors here: TensorOps forms their products explicitly
 
-class _ScalarTensorOps(TensorOps):
-    """:class:`~decoupled.rule.TensorOps` whose scalars may be 0-d tensors (graph inputs)."""
-
-    def add(self, x: torch.Tensor, y: torch.Tensor, alpha: Any) -> torch.Tensor:
-        return x + y * alpha
-
-    def addcmul_(self, x, a, b, value: Any) -> torch.Tensor:
-        return x.add_(a * b * value)
-
-    def addcdiv_(self, x, a, b, value: Any) -> torch.Tensor:
-        return x.add_(a / b * value)
-
-
-_OPS = _ScalarTensorOps()
-
-
-@dataclass(frozen=True)
-class _Coefficients:
-    """:class:`~decoupled.rule.GroupCoefficients` with tensor values and the branch flags as bools."""
-
-    lr: torch.Tensor
-    beta1: torch.Tensor
-    beta2: torch.Tensor
-    eps: torch.Tensor
-    decay_factor: torch.Tensor
-    l2: torch.Tensor
-    decays: bool
-    coupled: bool
-    amsgrad: bool
-    maximize: bool
+NoiseFn = Callable[[torch.device, int], tuple[torch.Tensor, torch.Tensor]]
+"""``noise(device, k)``: a pool of uniform int32 in [0, 2^16) (power-of-two length) on ``device``
+and ``k`` random int64 offsets into it, for stochastic rounding."""
 
 
 def scalars(c: GroupCoefficients, step: float, device: torch.device) -> torch.Tensor:
     """The coefficients of one step as a float64 tensor on ``device``, in :func:`_kernel`'s order."""
     neg_step_size, bias_correction2_sqrt = step_coefficients(c, step)
     values = (c.lr, c.beta1, c.beta2, c.eps, c.decay_factor, c.l2, neg_step_size, bias_correction2_sqrt)
-    return torch.tensor(values, dtype=torch.float64, device=device)
+    return torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
 
 
 def _bf16_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -108,6 +84,7 @@ def _kernel(
     k: torch.Tensor,
     decays: bool,
     coupled: bool,
+    cautious: bool,
     amsgrad: bool,
     maximize: bool,
 ) -> None:
@@ -116,17 +93,19 @@ def _kernel(
     read from ``pool`` at ``offsets[j]``."""
     n = param.numel()
     noise = [_noise(pool, offsets[j], n) if s else None for j, s in enumerate(stochastic)]  # type: ignore[index,arg-type]
-    c = _Coefficients(
+    c = GroupCoefficients(
         lr=k[0],
         beta1=k[1],
         beta2=k[2],
         eps=k[3],
         decay_factor=k[4],
+        decay_per_lr=0.0,  # unused by the rule
         l2=k[5],
-        decays=decays,
-        coupled=coupled,
         amsgrad=amsgrad,
         maximize=maximize,
+        decays=decays,
+        coupled=coupled,
+        cautious=cautious,
     )
     p32 = _wide(param) if comp is None else param.float() + comp.float()
     max32 = _wide(max_exp_avg_sq) if max_exp_avg_sq is not None else None
@@ -137,7 +116,7 @@ def _kernel(
         _wide(exp_avg),
         _wide(exp_avg_sq),
         max32,
-        c,  # type: ignore[arg-type]  # tensor-valued, with the same fields
+        c,
         k[6],
         k[7],
     )
@@ -152,9 +131,11 @@ def _kernel(
         _store(max_exp_avg_sq, max32, noise[3])
 
 
-RECOMPILE_LIMIT = 128
-"""Graphs kept for :func:`_kernel`: one per combination of its flags and dtypes (dynamo's default
-of 8 is for one function seeing one kind of input; a run uses a few, the tests many)."""
+RECOMPILE_LIMIT = 1024
+"""Graphs kept for :func:`_kernel`: one per combination of its flags (5 convention and option
+flags, 4 stochastic-store flags, Kahan) and dtypes. Dynamo's default of 8 is for one function
+seeing one kind of input; a training run uses a few combinations, the test suite several hundred
+in one process (it exceeded 128)."""
 
 
 @functools.cache
@@ -181,14 +162,16 @@ def update(
     stochastic_moments: bool = False,
     rounding: str = "nearest",
     comps: list[torch.Tensor | None] | None = None,
+    noise: NoiseFn | None = None,
 ) -> None:
     """One compiled step of each parameter, in place.
 
     ``moments[i]``: ``[exp_avg, exp_avg_sq, max_exp_avg_sq or None]`` of ``params[i]`` in their
     stored dtype. ``steps[i]``: its step count, already incremented. ``stochastic_moments``:
     bf16 moments are written with stochastic rounding. ``rounding``: how bf16/fp16 parameters
-    are written (``"kahan"`` with ``comps[i]``, their compensation buffers). Non-contiguous
-    tensors are updated through contiguous copies.
+    are written (``"nearest"``, ``"stochastic"`` or ``"kahan"`` with ``comps[i]``, their
+    compensation buffers). ``noise`` supplies the random bits of stochastic rounding (needed
+    when any is asked for). Non-contiguous tensors are updated through contiguous copies.
     """
     coefficients: dict[tuple[float, torch.device], torch.Tensor] = {}
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
@@ -197,12 +180,10 @@ def update(
             if key not in coefficients:
                 coefficients[key] = scalars(c, steps[i], param.device)
             comp = comps[i] if comps is not None else None
-            _update_one(param, grads[i], moments[i], coefficients[key], c, stochastic_moments, rounding, comp)
+            _update_one(param, grads[i], moments[i], coefficients[key], c, stochastic_moments, rounding, comp, noise)
 
 
-def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: str, comp) -> None:
-    from ..formats.rounding import NOISE
-
+def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: str, comp, noise=None) -> None:
     tensors = [param, grad, *moments, comp]
     work = [t if t is None or t.is_contiguous() else t.contiguous() for t in tensors]
 
@@ -211,7 +192,11 @@ def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: 
 
     stochastic = [rounds_stochastically(param, rounding == "stochastic")]
     stochastic += [rounds_stochastically(m, stochastic_moments) for m in moments]
-    pool, offsets = NOISE.pool(param.device, len(stochastic)) if any(stochastic) else (None, None)
+    pool, offsets = (None, None)
+    if any(stochastic):
+        if noise is None:
+            raise ValueError("stochastic rounding needs a noise source (noise=)")
+        pool, offsets = noise(param.device, len(stochastic))
     flat = [t.detach().view(-1) if t is not None else None for t in work]  # views, written in place
     param_flat, grad_flat, m_flat, v_flat, max_flat, comp_flat = flat
     _compiled()(
@@ -227,6 +212,7 @@ def _update_one(param, grad, moments, k, c, stochastic_moments: bool, rounding: 
         k,
         c.decays,
         c.coupled,
+        c.cautious,
         c.amsgrad,
         c.maximize,
     )
@@ -259,21 +245,14 @@ def compile_unavailable(device_type: str) -> str | None:
     return None
 
 
-def unsupported_reason(params) -> str | None:
-    from ..formats.sharded import is_dtensor
-
-    for device_type in {p.device.type for p in params}:
+def unsupported_reason(kinds: Kinds) -> str | None:
+    for device_type in sorted({device for device, _ in kinds}):
         reason = compile_unavailable(device_type)
         if reason is not None:
             return f"the compiled backend needs torch.compile: {reason}; use the default backend"
-    for p in params:
-        if not p.dtype.is_floating_point:
-            return f"the compiled backend needs real floating-point parameters, got {p.dtype} (use foreach)"
-        if is_dtensor(p):
-            return (
-                "the compiled backend runs DTensor (FSDP2) parameters only with a state format "
-                "(moments='bf16' or 'fp32', or param_rounding); with torch's state use the default backend"
-            )
+    for _, dtype in kinds:
+        if not dtype.is_floating_point:
+            return f"the compiled backend needs real floating-point parameters, got {dtype} (use foreach)"
     return None
 
 
@@ -288,10 +267,8 @@ def step(
     *,
     differentiable: bool = False,
 ) -> None:
-    """One compiled kernel call per tensor of at least :data:`MIN_NUMEL` elements, the smaller
-    ones in one call of the fastest other backend; state in torch's layout (the backend signature)."""
-    from . import BACKENDS, resolve
-
+    """One compiled kernel call per tensor of at least :data:`MIN_NUMEL` elements; the smaller
+    ones in one call of torch's fused kernel (or foreach, which can mask cautious decay)."""
     if differentiable:
         raise RuntimeError("the compiled backend cannot record autograd history; use the loop backend")
     big = [i for i, p in enumerate(params) if p.numel() >= MIN_NUMEL]
@@ -305,10 +282,12 @@ def step(
             c,
         )
     if small:
-        pick = lambda ts: [ts[i] for i in small]  # noqa: E731
-        small_params = pick(params)
-        BACKENDS[resolve("auto", small_params)](
-            small_params,
+        def pick(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [ts[i] for i in small]
+
+        rest = foreach.step if c.cautious else fused.step
+        rest(
+            pick(params),
             pick(grads),
             pick(exp_avgs),
             pick(exp_avg_sqs),
@@ -316,3 +295,11 @@ def step(
             pick(state_steps),
             c,
         )
+
+
+BACKEND = Backend(
+    "compiled",
+    step,
+    "one torch.compile'd kernel per large tensor; with the state formats, load, update and store fused",
+    why_not=unsupported_reason,
+)

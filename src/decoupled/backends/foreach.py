@@ -10,6 +10,7 @@ from collections import defaultdict
 import torch
 
 from ..rule import ForeachOps, GroupCoefficients, adam_update, step_coefficients
+from .base import Backend
 
 _OPS = ForeachOps()
 
@@ -55,3 +56,11 @@ def step(
 def _pick(tensors: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
     """``tensors[i]`` for ``i`` in ``indices``, complex ones viewed as real pairs."""
     return [torch.view_as_real(t) if torch.is_complex(t) else t for t in (tensors[i] for i in indices)]
+
+
+BACKEND = Backend(
+    "foreach",
+    step,
+    "multi-tensor torch._foreach_* ops per (device, dtype) list",
+    auto_rank={"*": 50},
+)

@@ -14,6 +14,7 @@ import functools
 import torch
 
 from ..rule import GroupCoefficients
+from .base import Backend, Kinds
 from .foreach import group_by_device_and_dtype
 
 
@@ -24,8 +25,7 @@ def _supported_devices() -> tuple[str, ...]:
     return tuple(torch_optimizer._get_fused_kernels_supported_devices())
 
 
-def unsupported_reason(params) -> str | None:
-    kinds = {(p.device.type, p.dtype) for p in params}  # a few kinds, however many tensors
+def unsupported_reason(kinds: Kinds) -> str | None:
     devices = _supported_devices()
     for device, dtype in kinds:
         if not dtype.is_floating_point:
@@ -45,10 +45,16 @@ def step(
     c: GroupCoefficients,
     *,
     differentiable: bool = False,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
-    """One fused kernel call per (device, dtype) list."""
+    """One fused kernel call per (device, dtype) list. With ``grad_scale``/``found_inf`` (from
+    ``torch.amp.GradScaler``) the kernel unscales the gradients in place, or changes nothing
+    when ``found_inf`` is set, as ``torch.optim.AdamW(fused=True)`` does."""
     if differentiable:
         raise RuntimeError("the fused backend cannot record autograd history; use the loop backend")
+    if c.cautious:
+        raise RuntimeError("torch's fused kernel cannot mask the decay (cautious_decay); use another backend")
     coupled = c.coupled
     kernel = torch._fused_adam_ if coupled else torch._fused_adamw_
     lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if c.amsgrad else [])
@@ -70,11 +76,15 @@ def step(
             weight_decay=c.l2 if coupled else c.decay_per_lr,
             eps=c.eps,
             maximize=c.maximize,
-            grad_scale=None,
-            found_inf=None,
+            grad_scale=_on(grad_scale, chosen[0][0].device),
+            found_inf=_on(found_inf, chosen[0][0].device),
         )
     for original, copy in copy_back:
         original.copy_(copy)
+
+
+def _on(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return t if t is None or t.device == device else t.to(device)
 
 
 def _match_layouts(lists: list[list[torch.Tensor]], copy_back: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -108,3 +118,14 @@ def _match_layouts(lists: list[list[torch.Tensor]], copy_back: list[tuple[torch.
                 copy_back.append((ts[j], copy))
                 ts[j] = copy
             grads[j] = grads[j].contiguous()
+
+
+BACKEND = Backend(
+    "fused",
+    step,
+    "torch's own fused Adam/AdamW kernel, one call per (device, dtype) list",
+    why_not=unsupported_reason,
+    cautious=False,
+    amp_scaling=True,
+    auto_rank={"cpu": 10, "cuda": 10, "xpu": 10, "mps": 10},
+)

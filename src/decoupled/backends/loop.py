@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..rule import DifferentiableTensorOps, GroupCoefficients, TensorOps, adam_update, step_coefficients
+from .base import Backend
 
 _OPS = TensorOps()
 _DIFF_OPS = DifferentiableTensorOps()
@@ -36,3 +37,12 @@ def step(
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
         neg_step_size, bias_correction2_sqrt = step_coefficients(c, state_steps[i].item())
         adam_update(ops, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c, neg_step_size, bias_correction2_sqrt)
+
+
+BACKEND = Backend(
+    "loop",
+    step,
+    "one tensor at a time: the readable reference (complex, differentiable)",
+    differentiable=True,
+    auto_rank={"*": 100},
+)

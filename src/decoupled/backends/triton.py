@@ -29,6 +29,7 @@ from typing import cast
 import torch
 
 from ..rule import GroupCoefficients, step_coefficients
+from .base import Backend, Kinds
 
 BLOCK = 1024
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -41,22 +42,22 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unsupported_reason(params) -> str | None:
+_REAL = {torch.complex64: torch.float32, torch.complex32: torch.float16}
+
+
+def unsupported_reason(kinds: Kinds) -> str | None:
     try:
         import triton  # noqa: F401
     except ImportError:
         return "the triton backend needs Triton (pip install triton); use the fused backend"
-    for p in params:
-        real = torch.view_as_real(p) if torch.is_complex(p) else p
-        if real.dtype not in SUPPORTED_DTYPES:
-            return (
-                f"the triton backend runs fp32, bf16 and fp16 tensors, got {p.dtype}; use the fused or foreach backend"
-            )
-        if p.device.type == "cuda" or (p.device.type == "cpu" and interpreting()):
+    for device, dtype in kinds:
+        if _REAL.get(dtype, dtype) not in SUPPORTED_DTYPES:
+            return f"the triton backend runs fp32, bf16 and fp16 tensors, got {dtype}; use the fused or foreach backend"
+        if device == "cuda" or (device == "cpu" and interpreting()):
             continue
         return (
             f"the triton backend runs on CUDA GPUs (or on CPU tensors under TRITON_INTERPRET=1, for "
-            f"testing), got a parameter on {p.device.type}; use the fused backend"
+            f"testing), got a parameter on {device}; use the fused backend"
         )
     return None
 
@@ -148,6 +149,7 @@ def _kernel_call(
         neg_step_size,
         bias_correction2_sqrt,
         HAS_DECAY=c.decays,
+        CAUTIOUS=c.cautious,
         HAS_L2=c.coupled,
         AMSGRAD=c.amsgrad,
         MAXIMIZE=c.maximize,
@@ -200,3 +202,11 @@ def step(
         _launch(chosen, c, neg_step_size, bias_correction2_sqrt)
         for original, contiguous in copies:
             original.copy_(contiguous)
+
+
+BACKEND = Backend(
+    "triton",
+    step,
+    "one Triton kernel launch per list of CUDA tensors (fp32/bf16/fp16, math in fp32)",
+    why_not=unsupported_reason,
+)

@@ -82,9 +82,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
     """One row per registered backend (and ``auto``) and parameter dtype."""
     out = []
-    probe = {dt: [torch.empty(1, device=device, dtype=dt)] for dt in dtypes}
     for dt in dtypes:
-        auto = backends.resolve("auto", probe[dt])
+        kinds = frozenset({(device.type, dt)})
+        auto = backends.resolve("auto", kinds).name
         out.append(
             Contender(
                 "decoupled.AdamW()",
@@ -94,8 +94,8 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                 note=f"auto -> {auto}",
             )
         )
-        for name in backends.BACKENDS:
-            reason = backends.unsupported_reason(name, probe[dt], differentiable=False)
+        for name, backend in backends.REGISTRY.items():
+            reason = backend.unsupported_reason(kinds)
 
             def make_backend(ps: list[torch.nn.Parameter], name: str = name) -> torch.optim.Optimizer:
                 return decoupled.AdamW(ps, backend=name, **HYPER)

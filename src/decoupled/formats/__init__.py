@@ -18,7 +18,10 @@ are unaffected): ``nearest`` (torch's), ``kahan`` (+1 parameter-sized buffer,
 ``state["kahan_comp"]``), ``stochastic`` (bf16 only, no memory).
 
 The update itself is always the float32 rule of :mod:`decoupled.rule`; formats only change
-what is loaded before it and stored after it (:mod:`.execute`). With the defaults
+what is loaded before it and stored after it. *Executors* run it (:mod:`.executor`): the
+float32 arena with any backend (:mod:`.arena`, the default), and kernels that fuse loading,
+updating and storing (:mod:`.compiled`, with ``backend="compiled"``); they are records in a
+registry (:data:`EXECUTOR_MODULES`), so a new one is one file plus one name. With the defaults
 (``moments="param"``, ``param_rounding="nearest"``) nothing here runs and the optimizer is
 bit-for-bit ``torch.optim.AdamW``.
 
@@ -30,15 +33,18 @@ any format (torch's included) and :func:`torch_state_dict` gives one that
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from .. import backends
 from . import sharded
 from .base import SIGNED_MOMENTS, MomentFormat
 from .blockwise8 import BLOCKWISE8
 from .dense import BF16, FP32, PARAM, Dense
+from .executor import Executor
 from .rounding import COMPENSATION_KEY, ROUNDINGS, is_low_precision
 
 MOMENTS: dict[str, MomentFormat] = {"param": PARAM, "fp32": FP32, "bf16": BF16, "8bit": BLOCKWISE8}
@@ -48,6 +54,41 @@ DEFAULTS = {"moments": "param", "param_rounding": "nearest"}
 """The option values that make the optimizer exactly ``torch.optim.AdamW``."""
 
 MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+EXECUTOR_MODULES = ("arena", "compiled")
+"""The registry of executors: one module each, defining ``EXECUTOR``."""
+
+EXECUTORS: dict[str, Executor] = {
+    e.name: e for e in (importlib.import_module(f"{__name__}.{m}").EXECUTOR for m in EXECUTOR_MODULES)
+}
+
+
+def choose_executor(
+    asked: str, moments: MomentFormat, rounding: str, kinds: backends.Kinds, *, cautious: bool = False
+) -> tuple[Executor, backends.Backend]:
+    """The executor for a group's formatted parameters (of ``kinds``), and the float32 backend
+    that the arena (or an executor's fallback) runs.
+
+    ``asked`` is the backend the optimizer's flags name: an executor that answers to it
+    (``"compiled"``) runs; another name (``"fused"``, ``"loop"``, ...) runs the arena with that
+    backend; ``"auto"`` runs the best-ranked executor that supports the format here.
+    """
+    device_types = {device for device, _ in kinds}
+    float32 = frozenset((device, torch.float32) for device in device_types)
+    named = next((e for e in EXECUTORS.values() if e.answers == asked), None)
+    if named is not None:
+        reason = named.why_not(moments, rounding, kinds)
+        if reason is not None:
+            raise backends.Unsupported(reason)
+        return named, backends.resolve("auto", float32, cautious=cautious)
+    inner = backends.resolve(asked, float32, cautious=cautious)
+    if asked != "auto":
+        return EXECUTORS["arena"], inner
+    ranked = sorted((r, i, e) for i, e in enumerate(EXECUTORS.values()) if (r := e.rank(device_types)) is not None)
+    for _, _, executor in ranked:
+        if executor.why_not(moments, rounding, kinds) is None:
+            return executor, inner
+    return EXECUTORS["arena"], inner
 
 
 def get(name: str) -> MomentFormat:
@@ -208,6 +249,10 @@ def torch_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 __all__ = [
+    "EXECUTORS",
+    "EXECUTOR_MODULES",
+    "Executor",
+    "choose_executor",
     "MOMENTS",
     "PARAM",
     "COMPENSATION_KEY",

@@ -64,6 +64,10 @@ class Dense(MomentFormat):
             out.copy_(values)
         return {moment: out}
 
+    def decode(self, entry: Mapping[str, Any], param: torch.Tensor, moment: str) -> torch.Tensor:
+        """A float32 copy in the parameter's shape (torch's layout may keep the parameter's strides)."""
+        return entry[moment].to(torch.float32, copy=True)
+
     def view(self, entry: Mapping[str, Any], moment: str, start: int, stop: int) -> torch.Tensor | None:
         t = entry[moment]
         return t.view(-1)[start:stop] if t.dtype == torch.float32 else None

@@ -1,7 +1,7 @@
-"""Running the fp32 update rule on parameters whose state is stored in another format.
+"""The arena executor: the fp32 update rule of any backend on state stored in any format.
 
 The update rule and every backend work on float32 tensors. For a group with a non-default
-moment format or parameter rounding, this module streams each parameter through a small
+moment format or parameter rounding, this executor streams each parameter through a small
 float32 *arena* (``CHUNK`` elements per buffer, sized to stay in the CPU's caches): it loads
 a range of elements of the parameter, gradient and moments to float32, runs the group's
 backend once over all ranges gathered in the arena (one call for many small tensors), then
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import backends
-from ..backends import compiled
+from ..backends import Backend
 from ..rule import GroupCoefficients
 from .base import MomentFormat
-from .dense import Dense
+from .executor import Executor
 from .rounding import COMPENSATION_KEY, is_low_precision, stochastic_round_
 
 CHUNK = 1 << 18
@@ -57,8 +56,7 @@ class _Arena:
         return offset
 
 
-def step(
-    backend: str,
+def run(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     states: list[dict],
@@ -66,37 +64,15 @@ def step(
     *,
     moments: MomentFormat,
     rounding: str,
+    backend: Backend,
     chunk: int | None = None,
 ) -> None:
-    """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted state.
+    """One step of ``params`` (plain tensors, whose ``state["step"]`` was already incremented)
+    with formatted state, the float32 update run by ``backend`` over the arena's buffers.
 
     ``chunk``: elements per arena buffer (default :data:`CHUNK`, read at call time)."""
     chunk = chunk or CHUNK
     names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if c.amsgrad else ("exp_avg", "exp_avg_sq")
-    if backend == "compiled":  # big dense state: one fused kernel per tensor; the rest through the arena
-        fused = [
-            i
-            for i, p in enumerate(params)
-            if isinstance(moments.for_param(p), Dense) and p.numel() >= compiled.MIN_NUMEL
-        ]
-        if fused:
-            fmt = moments.for_param(params[fused[0]])
-            compiled.update(
-                [params[i] for i in fused],
-                [grads[i] for i in fused],
-                [[states[i][name] for name in names] + ([] if c.amsgrad else [None]) for i in fused],
-                [float(states[i]["step"].item()) for i in fused],
-                c,
-                stochastic_moments=getattr(fmt, "stochastic", False),
-                rounding=rounding,
-                comps=[states[i].get(COMPENSATION_KEY) for i in fused],
-            )
-        done = set(fused)
-        rest = [i for i in range(len(params)) if i not in done]
-        if not rest:
-            return
-        params, grads, states = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
-        backend = backends.resolve("auto", params)
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
         by_device[p.device].append(i)
@@ -163,7 +139,7 @@ class _Runner:
             return
         segs = self.pending
         m = lambda name: [s.moments[name][0] for s in segs]  # noqa: E731
-        backends.BACKENDS[self.backend](
+        self.backend.step(
             [s.param for s in segs],
             self.grad_views,
             m("exp_avg"),
@@ -189,3 +165,11 @@ class _Runner:
             state[COMPENSATION_KEY].view(-1)[start:stop].copy_(value.sub_(dst))
         else:
             dst.copy_(value)
+
+
+EXECUTOR = Executor(
+    "arena",
+    run,
+    "float32 buffers in cache: load, the backend's update, store (any format, any backend)",
+    auto_rank={"*": 100},
+)

@@ -171,7 +171,8 @@ def test_diverged_runs_are_worst():
 
 
 def test_schedule_and_augmentation():
-    assert lr_multiplier(0, 100, 10) == pytest.approx(0.1)
+    assert lr_multiplier(0, 100, 10) == 0.0  # warmup counts t/w, as decoupled.schedules and transformers
+    assert lr_multiplier(1, 100, 10) == pytest.approx(0.1)
     assert lr_multiplier(10, 100, 10) == pytest.approx(1.0)
     assert lr_multiplier(99, 100, 10) < 0.01
     import torch

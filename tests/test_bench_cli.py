@@ -61,6 +61,17 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
 
+def test_a_gpu_index_beyond_the_count_is_named(tmp_path, monkeypatch, capsys) -> None:
+    """With one GPU visible (pretended here), cuda:1 is refused with the count."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["bench", "--quick", "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "decoupled bench: error: --device 'cuda:1': there are 1 cuda device(s), numbered from 0"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_default_output_goes_under_runs(tmp_path, monkeypatch, capsys) -> None:
     """A valid quick run exits 0 and writes into runs/bench (ignored by git), not the repository root."""
     monkeypatch.chdir(tmp_path)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch.optim import Optimizer
@@ -49,100 +50,109 @@ from .. import schedules
 
 __all__ = ["get_scheduler", "NAMES"]
 
-# (optimizer, warmup steps, training steps or None, the scheduler kwargs left to use, past_end) -> scheduler
-Builder = Callable[[Optimizer, int, Any, dict[str, Any], str], schedules.ScheduleBase]
+
+@dataclass
+class Call:
+    """One ``get_scheduler`` call as a builder sees it: ``kw`` holds the scheduler kwargs not yet
+    used (a builder pops what it takes; what is left is passed on as our option names)."""
+
+    name: str
+    optimizer: Optimizer
+    warmup: int
+    total: int | None
+    kw: dict[str, Any]
+    past_end: str
+
+    @property
+    def steps(self) -> int:
+        """``num_training_steps``, which this schedule needs."""
+        if self.total is None:
+            raise ValueError(f"the {self.name!r} schedule needs num_training_steps")
+        return self.total
+
+    def min_factor(self) -> float:
+        """``min_lr_rate``, or ``min_lr`` over ``optimizer.defaults["lr"]`` (exactly one is given)."""
+        min_lr, rate = self.kw.pop("min_lr", None), self.kw.pop("min_lr_rate", None)
+        if (min_lr is None) == (rate is None):
+            raise ValueError(f"{self.name} needs exactly one of min_lr or min_lr_rate in scheduler kwargs")
+        return rate if min_lr is None else min_lr / self.optimizer.defaults["lr"]
 
 
-def _total(name: str, total: int | None) -> int:
-    if total is None:
-        raise ValueError(f"the {name!r} schedule needs num_training_steps")
-    return total
+Builder = Callable[[Call], schedules.ScheduleBase]
 
 
-def _constant(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    return schedules.ConstantSchedule(opt, warmup)
+def _constant(c: Call) -> schedules.ScheduleBase:
+    return schedules.ConstantSchedule(c.optimizer, c.warmup)
 
 
-def _linear(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    return schedules.LinearSchedule(opt, _total("linear", total), warmup, **kw)
+def _linear(c: Call) -> schedules.ScheduleBase:
+    return schedules.LinearSchedule(c.optimizer, c.steps, c.warmup, **c.kw)
 
 
-def _min_factor(opt: Optimizer, kw: dict[str, Any], name: str) -> float:
-    min_lr, rate = kw.pop("min_lr", None), kw.pop("min_lr_rate", None)
-    if (min_lr is None) == (rate is None):
-        raise ValueError(f"{name} needs exactly one of min_lr or min_lr_rate in scheduler kwargs")
-    return rate if min_lr is None else min_lr / opt.defaults["lr"]
-
-
-def _cosine(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    kw["cycles"] = kw.pop("num_cycles", 0.5)
-    return schedules.CosineSchedule(opt, _total("cosine", total), warmup, past_end=past_end, **kw)
-
-
-def _cosine_min_lr(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    kw["min_factor"] = _min_factor(opt, kw, "cosine_with_min_lr")
-    kw["cycles"] = kw.pop("num_cycles", 0.5)
-    return schedules.CosineSchedule(opt, _total("cosine_with_min_lr", total), warmup, past_end=past_end, **kw)
-
-
-def _cosine_warmup_min_lr(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    name = "cosine_warmup_with_min_lr"
-    kw["min_factor"] = _min_factor(opt, kw, name)
-    kw["cycles"] = kw.pop("num_cycles", 0.5)
-    total, start = _total(name, total), kw.pop("warmup_lr_rate", None)
-    if start is None or warmup == 0:  # transformers' cosine_with_min_lr, one step ahead
-        return schedules.CosineSchedule(opt, total, warmup, past_end=past_end, offset=1, **kw)
-    if warmup == 1:
+def _cosine(c: Call) -> schedules.ScheduleBase:
+    """``cosine``, ``cosine_with_min_lr`` and ``cosine_warmup_with_min_lr``."""
+    if c.name != "cosine":
+        c.kw["min_factor"] = c.min_factor()
+    c.kw["cycles"] = c.kw.pop("num_cycles", 0.5)
+    start = c.kw.pop("warmup_lr_rate", None)
+    if c.name != "cosine_warmup_with_min_lr":
+        return schedules.CosineSchedule(c.optimizer, c.steps, c.warmup, past_end=c.past_end, **c.kw)
+    if start is None or c.warmup == 0:  # cosine_with_min_lr, one step ahead
+        return schedules.CosineSchedule(c.optimizer, c.steps, c.warmup, past_end=c.past_end, offset=1, **c.kw)
+    if c.warmup == 1:
         raise ValueError(
-            f"{name} with warmup_lr_rate and num_warmup_steps=1 starts at warmup_lr_rate and never reaches the "
+            f"{c.name} with warmup_lr_rate and num_warmup_steps=1 starts at warmup_lr_rate and never reaches the "
             f"peak lr (transformers' warmup divides by max(1, num_warmup_steps - 1)); use num_warmup_steps=0 or >= 2"
         )
-    # warmup from `start` at step 0 to 1 at step w - 1, then the cosine over T - w steps
-    return schedules.CosineSchedule(opt, total - 1, warmup - 1, past_end=past_end, warmup_start=start, **kw)
+    # a warmup from `start` at step 0 to 1 at step w - 1, then the cosine over T - w steps
+    return schedules.CosineSchedule(
+        c.optimizer, c.steps - 1, c.warmup - 1, past_end=c.past_end, warmup_start=start, **c.kw
+    )
 
 
-def _restarts(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    cycles, total = kw.pop("num_cycles", 1), _total("cosine_with_restarts", total)
+def _restarts(c: Call) -> schedules.ScheduleBase:
+    cycles = c.kw.pop("num_cycles", 1)
     if isinstance(cycles, bool) or not isinstance(cycles, (int, float)) or not cycles > 0:
         raise ValueError(f"num_cycles for cosine_with_restarts must be a number > 0, got {cycles!r}")
-    if total == warmup:
+    if c.steps == c.warmup:
         raise ValueError("cosine_with_restarts needs num_training_steps > num_warmup_steps")
-    return schedules.CosineRestartsSchedule(opt, (total - warmup) / cycles, warmup, total_steps=total, **kw)
+    cycle = (c.steps - c.warmup) / cycles
+    return schedules.CosineRestartsSchedule(c.optimizer, cycle, c.warmup, total_steps=c.steps, **c.kw)
 
 
-def _polynomial(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    lr0, lr_end = opt.defaults["lr"], kw.pop("lr_end", 1e-7)
+def _polynomial(c: Call) -> schedules.ScheduleBase:
+    lr0, lr_end = c.optimizer.defaults["lr"], c.kw.pop("lr_end", 1e-7)
     if not lr0 > lr_end >= 0:
         raise ValueError(f"lr_end ({lr_end}) must be >= 0 and smaller than the initial lr ({lr0})")
-    kw["end_factor"] = lr_end / lr0
-    return schedules.PolynomialSchedule(opt, _total("polynomial", total), warmup, **kw)
+    return schedules.PolynomialSchedule(c.optimizer, c.steps, c.warmup, end_factor=lr_end / lr0, **c.kw)
 
 
-def _inverse_sqrt(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    return schedules.InverseSqrtSchedule(opt, warmup, **kw)
+def _inverse_sqrt(c: Call) -> schedules.ScheduleBase:
+    return schedules.InverseSqrtSchedule(c.optimizer, c.warmup, **c.kw)
 
 
-def _wsd(opt: Optimizer, warmup: int, total: int | None, kw: dict[str, Any], past_end: str) -> schedules.ScheduleBase:
-    decay, stable = kw.pop("num_decay_steps", None), kw.pop("num_stable_steps", None)
+def _wsd(c: Call) -> schedules.ScheduleBase:
+    decay, stable = c.kw.pop("num_decay_steps", None), c.kw.pop("num_stable_steps", None)
     if decay is None:
         raise ValueError("warmup_stable_decay needs num_decay_steps in scheduler kwargs")
+    total = c.total
     if stable is not None:
         if total is not None:
             warnings.warn(
                 "warmup_stable_decay: both num_training_steps and num_stable_steps are given; "
                 "num_stable_steps is used (as transformers does)",
-                stacklevel=4,
+                stacklevel=3,
             )
-        total = warmup + stable + decay
+        total = c.warmup + stable + decay
     if total is None:
         raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
     options = {
-        "decay_shape": kw.pop("decay_type", "cosine"),
-        "warmup_shape": kw.pop("warmup_type", "linear"),
-        "min_factor": kw.pop("min_lr_ratio", 0.0),
-        "cycles": kw.pop("num_cycles", 0.5),
+        "decay_shape": c.kw.pop("decay_type", "cosine"),
+        "warmup_shape": c.kw.pop("warmup_type", "linear"),
+        "min_factor": c.kw.pop("min_lr_ratio", 0.0),
+        "cycles": c.kw.pop("num_cycles", 0.5),
     }
-    return schedules.WarmupStableDecaySchedule(opt, total, decay, warmup, **options, **kw)
+    return schedules.WarmupStableDecaySchedule(c.optimizer, total, decay, c.warmup, **options, **c.kw)
 
 
 # name -> (the scheduler_specific_kwargs transformers' function takes, how to build ours)
@@ -151,11 +161,8 @@ NAMES: dict[str, tuple[tuple[str, ...], Builder]] = {
     "constant_with_warmup": ((), _constant),
     "linear": (("last_epoch",), _linear),
     "cosine": (("num_cycles", "last_epoch"), _cosine),
-    "cosine_with_min_lr": (("num_cycles", "min_lr", "min_lr_rate", "last_epoch"), _cosine_min_lr),
-    "cosine_warmup_with_min_lr": (
-        ("num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate", "last_epoch"),
-        _cosine_warmup_min_lr,
-    ),
+    "cosine_with_min_lr": (("num_cycles", "min_lr", "min_lr_rate", "last_epoch"), _cosine),
+    "cosine_warmup_with_min_lr": (("num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate", "last_epoch"), _cosine),
     "cosine_with_restarts": (("num_cycles", "last_epoch"), _restarts),
     "polynomial": (("lr_end", "power", "last_epoch"), _polynomial),
     "inverse_sqrt": (("timescale", "last_epoch"), _inverse_sqrt),
@@ -227,9 +234,9 @@ def get_scheduler(
     if unused:
         raise ValueError(f"scheduler kwargs {unused} are not used by the {name!r} schedule; it takes {list(accepted)}")
     warmup = 0 if num_warmup_steps is None or name == "constant" else num_warmup_steps
-    past_end = "floor" if keep_floor else "continue"
+    call = Call(name, optimizer, warmup, num_training_steps, kw, "floor" if keep_floor else "continue")
     try:
-        return build(optimizer, warmup, num_training_steps, kw, past_end)
+        return build(call)
     except ValueError as err:
         given = f"num_warmup_steps={num_warmup_steps}, num_training_steps={num_training_steps}"
         raise ValueError(f"{err} (transformers' {name!r} with {given}, scheduler kwargs {kw_given})") from None

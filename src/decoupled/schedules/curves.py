@@ -129,9 +129,9 @@ class Phase:
     """What follows the warmup: ``kind`` is ``hold``, ``decay``, ``restarts`` or ``inverse_sqrt``.
 
     For ``decay``, ``shape`` names a :data:`DECAY_SHAPES` entry, or is None when the
-    ``decay_shape`` option chooses one of :data:`WSD_SHAPES`. ``warmup_from_floor``: the warmup starts at the floor
-    rather than at 0 when ``warmup_start`` is not given (warmup-stable-decay, as in
-    ``transformers``).
+    ``decay_shape`` option chooses one of :data:`WSD_SHAPES`. ``warmup_from_floor``: the warmup
+    starts at the floor rather than at 0 when ``warmup_start`` is not given (warmup-stable-decay,
+    as in ``transformers``).
     """
 
     kind: str
@@ -146,13 +146,13 @@ def _floor(o: Options) -> float:
 def evaluate(phase: Phase, step: int, o: Options) -> float:
     r""":math:`\mu(t)` at ``step`` for options ``o`` checked by :func:`check` (absent ones :data:`NEUTRAL`)."""
     o = {**NEUTRAL, **o}
-    u = step + o.get("offset", 0)
+    u = step + o["offset"]
     w = o.get("warmup_steps", 0)
     if u < w:
-        start = o.get("warmup_start")
+        start = o["warmup_start"]
         if start is None:
             start = _floor(o) if phase.warmup_from_floor else 0.0
-        return WARMUP_SHAPES[o.get("warmup_shape", "linear")](u / w) * (1.0 - start) + start
+        return WARMUP_SHAPES[o["warmup_shape"]](u / w) * (1.0 - start) + start
     if phase.kind == "hold":
         return 1.0
     if phase.kind == "inverse_sqrt":
@@ -171,7 +171,7 @@ def _decay(g: Callable[[float, float, Options], float], u: int, o: Options) -> f
     elapsed = u - (total - span)
     if elapsed < 0:
         return 1.0  # the stable phase
-    if o.get("past_end", "floor") == "floor":
+    if o["past_end"] == "floor":
         return floor if elapsed >= span else g(elapsed, span, o) * (1.0 - floor) + floor
     return max(0.0, g(elapsed, max(1, span), o) * (1.0 - floor) + floor)
 

@@ -45,7 +45,8 @@ class WeightDecaySchedule:
                 raise ValueError(f"options {sorted(options)} only apply to a named curve, not to a function")
             self.curve, self.options, self._fn = None, {}, curve
         else:
-            raise TypeError(f"curve must be a schedule name {sorted(SCHEDULES)} or a function of the step, got {curve!r}")
+            names = sorted(SCHEDULES)
+            raise TypeError(f"curve must be a schedule name {names} or a function of the step, got {curve!r}")
         self.optimizer = optimizer
         self.base_weight_decays = [float(g["weight_decay"]) for g in optimizer.param_groups]
         if isinstance(last_step, bool) or not isinstance(last_step, int) or last_step < -1:

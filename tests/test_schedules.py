@@ -81,17 +81,21 @@ def test_any_optimizer_and_repr() -> None:
     assert repr(sched) == "CosineSchedule(total_steps=10, warmup_steps=2, min_factor=0.0; step 2)"
 
 
+# one set of options per schedule (every one registered in S.SCHEDULES must be here)
+EXAMPLES = {
+    "constant": {"warmup_steps": 5},
+    "linear": {"total_steps": 40, "warmup_steps": 5, "end_factor": 0.1},
+    "cosine": {"total_steps": 40, "warmup_steps": 5, "min_factor": 0.1},
+    "cosine_with_restarts": {"cycle_steps": 7, "warmup_steps": 5, "cycle_mult": 1.5},
+    "polynomial": {"total_steps": 40, "warmup_steps": 5, "power": 2.0},
+    "inverse_sqrt": {"warmup_steps": 5},
+    "warmup_stable_decay": {"total_steps": 40, "decay_steps": 10, "warmup_steps": 5, "decay_shape": "cosine"},
+}
+
+
 @pytest.mark.parametrize("name", sorted(S.SCHEDULES))
 def test_checkpoint_resumes_identically(name: str) -> None:
-    options = {
-        "constant": {"warmup_steps": 5},
-        "linear": {"total_steps": 40, "warmup_steps": 5, "end_factor": 0.1},
-        "cosine": {"total_steps": 40, "warmup_steps": 5, "min_factor": 0.1},
-        "cosine_with_restarts": {"cycle_steps": 7, "warmup_steps": 5, "cycle_mult": 1.5},
-        "polynomial": {"total_steps": 40, "warmup_steps": 5, "power": 2.0},
-        "inverse_sqrt": {"warmup_steps": 5},
-        "warmup_stable_decay": {"total_steps": 40, "decay_steps": 10, "warmup_steps": 5, "decay_shape": "cosine"},
-    }[name]
+    options = EXAMPLES[name]
     full = _run(lambda o: S.create(name, o, **options), 40)
     opt = _optimizer()
     sched = S.create(name, opt, **options)
@@ -143,6 +147,72 @@ def test_errors_say_what_and_how() -> None:
         S.WeightDecaySchedule(opt, "cosine")
     with pytest.raises(ValueError, match="non-negative"):
         S.multiplier("constant", -1)
+    with pytest.raises(ValueError, match="warmup_shape must be one of \\('linear', 'cosine', '1-sqrt'\\)"):
+        S.ConstantSchedule(opt, 4, warmup_shape="exp")
+    with pytest.raises(ValueError, match="past_end must be one of \\('floor', 'continue'\\)"):
+        S.CosineSchedule(opt, total_steps=10, past_end="hold")
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        S.LinearSchedule(opt, total_steps=10, offset=-1)
+    with pytest.raises(ValueError, match="warmup_start must be a number in \\[0, 1\\]"):
+        S.create("inverse_sqrt", opt, warmup_steps=4, warmup_start=2.0)
+    with pytest.raises(ValueError, match="cycles must be a finite number >= 0"):
+        S.WarmupStableDecaySchedule(opt, total_steps=10, decay_steps=2, cycles=math.inf)
+    with pytest.raises(ValueError, match="has no option \\['decay_steps'\\]"):
+        S.create("cosine", opt, total_steps=10, decay_steps=2)
+
+
+# ---- composition: every schedule is a warmup followed by a shape -------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(S.SCHEDULES))
+def test_every_schedule_takes_the_same_warmup(name: str) -> None:
+    """One warmup for all: from warmup_start to 1 over warmup_steps, shaped by warmup_shape, read
+    offset steps ahead; after the warmup the schedule's own shape, unchanged by those options."""
+    options = {**EXAMPLES[name], "warmup_steps": 4}
+    plain = [S.multiplier(name, t, **options) for t in range(30)]
+    ramps = {"linear": lambda p: p, "cosine": lambda p: (1 - math.cos(math.pi * p)) / 2, "1-sqrt": lambda p: 1 - math.sqrt(1 - p)}
+    for shape, ramp in ramps.items():
+        warm = [S.multiplier(name, t, **options, warmup_start=0.2, warmup_shape=shape) for t in range(30)]
+        assert warm[:4] == pytest.approx([0.2 + 0.8 * ramp(t / 4) for t in range(4)], rel=1e-12)
+        assert warm[4:] == plain[4:]
+    ahead = [S.multiplier(name, t, **options, offset=3) for t in range(27)]
+    assert ahead == plain[3:]
+    assert plain[:4] == pytest.approx([t / 4 for t in range(4)]) or name == "warmup_stable_decay"
+
+
+def _cos(p: float, cycles: float = 0.5) -> float:
+    return (1 + math.cos(2 * math.pi * cycles * p)) / 2
+
+
+# (name, options, the multiplier at steps 0, 1, ... by formula)
+SHAPES = [
+    ("cosine", {"total_steps": 10, "cycles": 1.0}, [_cos(t / 10, 1.0) for t in range(10)] + [0.0] * 5),
+    ("cosine", {"total_steps": 10, "past_end": "continue"}, [_cos(t / 10) for t in range(20)]),
+    ("cosine", {"total_steps": 10, "min_factor": 0.2, "past_end": "continue"}, [0.2 + 0.8 * _cos(t / 10) for t in range(20)]),
+    ("cosine", {"total_steps": 12, "warmup_steps": 2, "cycles": 1.5, "past_end": "continue"}, [0, 0.5] + [_cos(t / 10, 1.5) for t in range(15)]),
+    ("warmup_stable_decay", {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5}, [0.5, 0.75, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5]),
+    ("warmup_stable_decay", {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5, "warmup_start": 0.0}, [0, 0.5, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5]),
+    ("warmup_stable_decay", {"total_steps": 8, "decay_steps": 4, "decay_shape": "cosine", "cycles": 1.0}, [1, 1, 1, 1, 1, 0.5, 0, 0.5, 0, 0]),
+    ("linear", {"total_steps": 10, "warmup_steps": 2, "offset": 2}, [1, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0, 0]),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), SHAPES, ids=[f"{s[0]}-{i}" for i, s in enumerate(SHAPES)])
+def test_composition_options_by_formula(name: str, options: dict, expected: list[float]) -> None:
+    assert [S.multiplier(name, t, **options) for t in range(len(expected))] == pytest.approx(expected, abs=1e-15)
+    sched = S.create(name, _optimizer(), **options)  # the class gives the same curve
+    assert [sched.multiplier(t) for t in range(len(expected))] == pytest.approx(expected, abs=1e-15)
+
+
+def test_options_leave_out_what_changes_nothing() -> None:
+    """A scheduler's options (its repr and state_dict) hold the composition options only where
+    they change the curve, so checkpoints of the plain schedules keep their old form."""
+    opt = _optimizer()
+    plain = S.CosineSchedule(opt, 10, cycles=0.5, past_end="floor", warmup_shape="linear", offset=0)
+    assert plain.options == {"total_steps": 10, "warmup_steps": 0, "min_factor": 0.0}
+    waves = S.CosineSchedule(_optimizer(), 10, cycles=1.0, past_end="continue", warmup_start=0.1)
+    assert waves.options == {**plain.options, "cycles": 1.0, "past_end": "continue", "warmup_start": 0.1}
+    assert repr(waves).startswith("CosineSchedule(total_steps=10, warmup_steps=0, min_factor=0.0, cycles=1.0")
 
 
 # ---- parity with transformers -------------------------------------------------------------

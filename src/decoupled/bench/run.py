@@ -17,14 +17,18 @@ so each row can say how close it is to the speed limit of a memory-bound update:
   last-level cache (then the step may run from the cache, and % bw can exceed 100);
 * ``state B/p``: bytes of optimizer state per parameter.
 
-Results go to ``results.json``, ``results.md`` and ``results.png`` in ``--out``, with the
-machine, versions and the command line.
+Results go to ``results.json``, ``results.md`` and ``results.png`` in ``--out`` (default
+``runs/bench``), with the machine, versions and the command line.
 
 Example::
 
     decoupled bench                          # the full run (a few minutes on 2 cores)
     decoupled bench --sizes 16M --layouts gpt2 --dtypes fp32
     decoupled bench --quick                  # tiny sizes, few repeats (seconds)
+
+Results go to ``runs/bench`` unless ``--out`` says otherwise. A bad argument (a size that does
+not parse or is 0, a count below 1, an unknown layout, dtype or device, a device this build
+cannot use, an ``--only`` word that names no contender) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli.args import UsageError, nonnegative_float, positive_float, positive_int
 from . import bandwidth, layouts, machine, peers, report
 from .layouts import DTYPES
 from .timing import Timing, make_params, time_case
@@ -54,37 +59,92 @@ QUICK = {
 }
 
 
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _sizes(text: str) -> str:
+    """``--sizes``: comma-separated parameter counts, each >= 1 (k/M/G = 2**10/2**20/2**30)."""
+    items = _split(text)
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one size, e.g. 16M")
+    for item in items:
+        try:
+            n = layouts.parse_size(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a size: write a number of parameters, optionally followed by k, M or G "
+                f"(2**10, 2**20, 2**30), e.g. 1M,16M"
+            ) from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{item!r} is {n} parameters; a size must be at least 1 parameter")
+    return text
+
+
+def _names(what: str, choices: tuple[str, ...]):
+    """An argparse type for a comma-separated list of names from ``choices`` (returned as given)."""
+
+    def check(text: str) -> str:
+        items = _split(text)
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)}; choose from {', '.join(choices)}"
+            )
+        return text
+
+    return check
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sizes", default="1M,16M,128M", help="parameter counts, e.g. 1M,16M,128M (k/M/G = 2**10/2**20/2**30)"
+        "--sizes",
+        type=_sizes,
+        default="1M,16M,128M",
+        help="parameter counts, e.g. 1M,16M,128M (k/M/G = 2**10/2**20/2**30)",
     )
     parser.add_argument(
-        "--layouts", default=",".join(layouts.LAYOUTS), help="single (one tensor), gpt2 (GPT-2's 148 tensors)"
+        "--layouts",
+        type=_names("layout", layouts.LAYOUTS),
+        default=",".join(layouts.LAYOUTS),
+        help="single (one tensor), gpt2 (GPT-2's 148 tensors)",
     )
-    parser.add_argument("--dtypes", default="fp32,bf16", help="parameter (and state) dtypes: fp32, bf16, fp16")
+    parser.add_argument(
+        "--dtypes",
+        type=_names("dtype", tuple(DTYPES)),
+        default="fp32,bf16",
+        help="parameter (and state) dtypes: fp32, bf16, fp16",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--only",
         default=None,
         help="time only contenders whose name contains one of these comma-separated words "
-        "(the reference is always kept)",
+        "(the reference is always kept); each word must match a contender",
     )
-    parser.add_argument("--repeats", type=int, default=20, help="most timed steps per contender and case")
-    parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per contender and case")
+    parser.add_argument("--repeats", type=positive_int, default=20, help="most timed steps per contender and case")
+    parser.add_argument(
+        "--min-repeats", type=positive_int, default=5, help="fewest timed steps per contender and case"
+    )
     parser.add_argument(
         "--budget",
-        type=float,
+        type=positive_float,
         default=2.0,
         help="seconds of timed steps per contender and case (between the two limits above)",
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one allocates the state)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the contenders")
+    parser.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=2,
+        help="untimed steps first, at least 1 (the first one allocates the state)",
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds over the contenders")
     parser.add_argument(
         "--sequential", action="store_true", help="time contenders one after the other instead of interleaved"
     )
     parser.add_argument(
         "--bandwidth-elements",
-        type=int,
+        type=positive_int,
         default=256 * 2**20,
         help="float32 elements per array of the bandwidth test (1 GiB: well beyond the caches)",
     )
@@ -95,10 +155,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the contenders that compile on their first step (torch.compile, torchao: seconds to a minute "
         "each) unless --only names them",
     )
-    parser.add_argument("--out", default="bench-results", help="folder for results.json, results.md and results.png")
+    parser.add_argument(
+        "--out",
+        default=str(Path("runs", "bench")),
+        help="folder for results.json, results.md and results.png (default: runs/bench)",
+    )
     parser.add_argument(
         "--wait-quiet",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         metavar="SECONDS",
         help="first wait up to SECONDS until other processes use under 20%% of the CPUs (shared machines)",
@@ -119,15 +183,61 @@ def _defaults() -> dict:
     return vars(p.parse_args([]))
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _selected(contenders: list[peers.Contender], only: str | None) -> list[peers.Contender]:
-    if not only:
+    """The contenders ``--only`` names (and the reference); a word that matches none is a mistake."""
+    if only is None:
         return contenders
     words = _split(only)
+    unmatched = [w for w in words if not any(w in c.name for c in contenders)]
+    if unmatched or not words:
+        names = "; ".join(sorted({c.name for c in contenders}))
+        what = f"{', '.join(map(repr, unmatched))} matches no contender" if words else "names no contender"
+        raise UsageError(f"--only {only!r}: {what}; use words from their names: {names}")
     return [c for c in contenders if c.name == peers.REFERENCE or any(w in c.name for w in words)]
+
+
+def _device(name: str | None) -> torch.device:
+    """``--device``: cpu, or an accelerator this torch build has and can see (default: cuda if so)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu or cuda (cuda:N for the N-th GPU)") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or device.type == "meta":
+        raise UsageError(f"--device {name!r} cannot run the benchmark; use cpu or cuda")
+    if not backend.is_available():
+        why = " (this torch is a CPU-only build)" if device.type == "cuda" and torch.version.cuda is None else ""
+        raise UsageError(f"--device {name!r}: no {device.type} device is available here{why}; use --device cpu")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name!r}: there are {count} {device.type} device(s), numbered from 0")
+    return device
+
+
+def _out_folder(text: str) -> Path:
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {text!r} is a file; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {text!r}: cannot create the folder ({err.strerror})") from None
+    return out
+
+
+def _check_memory(sizes: list[int], device: torch.device) -> None:
+    """Refuse sizes whose parameters, gradients and fp32 state (16 B per parameter) cannot fit in memory."""
+    available = machine.available_bytes() if device.type == "cpu" else None
+    largest = max(sizes)
+    if available is not None and 16 * largest > available:
+        raise UsageError(
+            f"--sizes {layouts.format_size(largest)} needs about {16 * largest / 2**30:.1f} GiB (parameters, "
+            f"gradients and state), more than the {available / 2**30:.1f} GiB available; choose smaller sizes"
+        )
 
 
 def _quick_rule(contenders: list[peers.Contender], only: str | None) -> list[peers.Contender]:
@@ -226,18 +336,14 @@ def _result(args, info, contenders, rows, bw_before, bw_after) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         _apply_quick(args, _defaults())
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sizes = [layouts.parse_size(s) for s in _split(args.sizes)]
-    layout_names = _split(args.layouts)
-    for name in layout_names:
-        if name not in layouts.LAYOUTS:
-            raise SystemExit(f"decoupled bench: unknown layout {name!r}; choose from {layouts.LAYOUTS}")
-    dtype_names = _split(args.dtypes)
-    for name in dtype_names:
-        if name not in DTYPES:
-            raise SystemExit(f"decoupled bench: unknown dtype {name!r}; choose from {list(DTYPES)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device = _device(args.device)
+    sizes = [layouts.parse_size(s) for s in _split(args.sizes)]  # checked by the argument type
+    layout_names, dtype_names = _split(args.layouts), _split(args.dtypes)
+    _check_memory(sizes, device)
+    contenders = _selected(peers.all_contenders(device, [DTYPES[d] for d in dtype_names]), args.only)
+    if args.quick:
+        contenders = _quick_rule(contenders, args.only)
+    out = _out_folder(args.out)
 
     info = machine.describe(device)
     info["command"] = command_line(args)
@@ -256,9 +362,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"decoupled bench: warning: {info['busy_warning']}", file=sys.stderr)
     during = machine.OtherLoad().start()
 
-    contenders = _selected(peers.all_contenders(device, [DTYPES[d] for d in dtype_names]), args.only)
-    if args.quick:
-        contenders = _quick_rule(contenders, args.only)
     cases = [(n, lay, dt) for n in sizes for lay in layout_names for dt in dtype_names]
     progress = report.Progress(len(cases) + 2, enabled=not args.no_progress)
 

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from .args import EXIT_SETUP, EXIT_USAGE, SetupError, UsageError
+from .args import EXIT_SETUP, EXIT_USAGE, ArgumentParser, SetupError, UsageError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,7 +41,7 @@ def _load(name: str):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="decoupled",
         description="AdamW done right: experiments, checks and benchmarks for decoupled weight decay.",
     )

@@ -26,7 +26,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_SETUP = 3
@@ -38,6 +38,14 @@ class UsageError(Exception):
 
 class SetupError(Exception):
     """The user's own code (a setup, model or task) failed: printed with where it failed, exit code 3."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a mistake is a :class:`UsageError` (one line, exit code 2)
+    rather than the usage text followed by the error. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 # ---- argument types (argparse calls them; a ValueError/ArgumentTypeError becomes exit code 2) ----

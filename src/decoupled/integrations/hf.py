@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
-from torch.optim import Optimizer
 
 try:
     from transformers import TrainerCallback
@@ -34,6 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from .. import schedules
 from ..groups import Rule, param_groups
 from ..optim import AdamW
+from .hf_schedules import get_scheduler
 
 __all__ = [
     "create_optimizer_and_scheduler",
@@ -128,118 +128,6 @@ def _warn_if_not_adamw(args: Any) -> None:
     optim = _name(getattr(args, "optim", "adamw_torch"))
     if optim not in _ADAMW_NAMES:
         warnings.warn(f"TrainingArguments(optim={optim!r}) is ignored: this builds decoupled.AdamW", stacklevel=3)
-
-
-def _take(kwargs: dict[str, Any], name: str, default: Any) -> Any:
-    return kwargs.pop(name, default)
-
-
-def get_scheduler(
-    name: str,
-    optimizer: Optimizer,
-    num_warmup_steps: int | None = None,
-    num_training_steps: int | None = None,
-    scheduler_specific_kwargs: dict[str, Any] | None = None,
-) -> schedules.ScheduleBase:
-    """The :mod:`decoupled.schedules` scheduler for a ``transformers.get_scheduler`` call.
-
-    Same arguments and values as ``transformers.get_scheduler`` for ``linear``, ``cosine``,
-    ``cosine_with_min_lr`` (``min_lr`` or ``min_lr_rate``), ``cosine_with_restarts``
-    (``num_cycles``), ``polynomial`` (``lr_end``, ``power``), ``constant``,
-    ``constant_with_warmup``, ``inverse_sqrt`` (``timescale``) and ``warmup_stable_decay``
-    (``num_decay_steps``, ``num_stable_steps``, ``decay_type``, ``min_lr_ratio``). As there,
-    ``lr_end``/``min_lr`` are absolute and converted with ``optimizer.defaults["lr"]``.
-    ``reduce_lr_on_plateau`` and ``greedy`` are not lr curves: pass ``optimizers=(optimizer,
-    None)`` and Trainer builds those itself.
-    """
-    kw = dict(scheduler_specific_kwargs or {})
-    warmup = 0 if num_warmup_steps is None else num_warmup_steps
-    total = num_training_steps
-    lr0 = optimizer.defaults["lr"]
-
-    def need_total() -> int:
-        if total is None:
-            raise ValueError(f"the {name!r} schedule needs num_training_steps")
-        return total
-
-    def half_cosine_only() -> None:
-        cycles = _take(kw, "num_cycles", 0.5)
-        if cycles != 0.5:
-            raise ValueError(
-                f"num_cycles={cycles} is not supported for {name!r} (only a half cosine, 0.5); use "
-                f"'cosine_with_restarts' for several cycles"
-            )
-
-    if name in ("constant", "constant_with_warmup"):
-        sched: schedules.ScheduleBase = schedules.ConstantSchedule(optimizer, warmup if name != "constant" else 0)
-    elif name == "linear":
-        sched = schedules.LinearSchedule(optimizer, need_total(), warmup)
-    elif name == "cosine":
-        half_cosine_only()
-        sched = schedules.CosineSchedule(optimizer, need_total(), warmup)
-    elif name == "cosine_with_min_lr":
-        half_cosine_only()
-        min_lr, rate = _take(kw, "min_lr", None), _take(kw, "min_lr_rate", None)
-        if (min_lr is None) == (rate is None):
-            raise ValueError("cosine_with_min_lr needs exactly one of min_lr or min_lr_rate in scheduler kwargs")
-        sched = schedules.CosineSchedule(
-            optimizer, need_total(), warmup, min_factor=rate if min_lr is None else min_lr / lr0
-        )
-    elif name == "cosine_with_restarts":
-        cycles = _take(kw, "num_cycles", 1)
-        if not (isinstance(cycles, int) and cycles >= 1):
-            raise ValueError(f"num_cycles for cosine_with_restarts must be a whole number >= 1, got {cycles!r}")
-        steps = need_total()
-        if steps == warmup:
-            raise ValueError("cosine_with_restarts needs num_training_steps > num_warmup_steps")
-        sched = schedules.CosineRestartsSchedule(optimizer, (steps - warmup) / cycles, warmup, total_steps=steps)
-    elif name == "polynomial":
-        lr_end, power = _take(kw, "lr_end", 1e-7), _take(kw, "power", 1.0)
-        if not lr0 > lr_end:
-            raise ValueError(f"lr_end ({lr_end}) must be smaller than the initial lr ({lr0})")
-        sched = schedules.PolynomialSchedule(optimizer, need_total(), warmup, power=power, end_factor=lr_end / lr0)
-    elif name == "inverse_sqrt":
-        sched = schedules.InverseSqrtSchedule(optimizer, warmup, timescale=_take(kw, "timescale", None))
-    elif name == "warmup_stable_decay":
-        sched = _wsd(optimizer, warmup, total, kw)
-    elif name in ("reduce_lr_on_plateau", "greedy"):
-        raise ValueError(
-            f"{name!r} reacts to metrics and is not a curve; pass Trainer(optimizers=(optimizer, None)) "
-            f"and Trainer builds it around decoupled.AdamW"
-        )
-    elif name == "cosine_warmup_with_min_lr":
-        raise ValueError(
-            "'cosine_warmup_with_min_lr' (transformers' variant shifted by one step) has no equivalent; "
-            "use 'cosine_with_min_lr'"
-        )
-    else:
-        raise ValueError(f"unknown scheduler type {name!r}; see transformers.SchedulerType for the names")
-    if kw:
-        raise ValueError(f"scheduler kwargs {sorted(kw)} are not used by the {name!r} schedule")
-    return sched
-
-
-def _wsd(optimizer: Optimizer, warmup: int, total: int | None, kw: dict[str, Any]) -> schedules.ScheduleBase:
-    decay_steps = _take(kw, "num_decay_steps", None)
-    stable = _take(kw, "num_stable_steps", None)
-    warmup_type = _take(kw, "warmup_type", "linear")
-    cycles = _take(kw, "num_cycles", 0.5)
-    if decay_steps is None:
-        raise ValueError("warmup_stable_decay needs num_decay_steps in scheduler kwargs")
-    if warmup_type != "linear" or cycles != 0.5:
-        raise ValueError("warmup_stable_decay supports warmup_type='linear' and num_cycles=0.5 only")
-    if stable is not None:
-        total = warmup + stable + decay_steps
-    if total is None:
-        raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
-    return schedules.WarmupStableDecaySchedule(
-        optimizer,
-        total,
-        decay_steps,
-        warmup,
-        decay_shape=_take(kw, "decay_type", "cosine"),
-        min_factor=_take(kw, "min_lr_ratio", 0.0),
-    )
 
 
 class WeightDecayScheduleCallback(TrainerCallback):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -48,6 +47,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import schedules
 
 #: The three weight-decay conventions, in report order: key -> label.
 CONVENTIONS: dict[str, str] = {
@@ -202,13 +203,14 @@ class Task:
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
     r"""The schedule multiplier :math:`\eta_t \in [0, 1]` before optimizer step ``step`` (0-based).
 
-    Linear warmup over ``warmup_steps`` (:math:`\eta = (t+1)/w`), then a cosine from 1 to 0 over
-    the remaining steps: :math:`\eta = \tfrac12(1 + \cos(\pi\,(t-w)/(T-w)))`.
+    :class:`decoupled.schedules.CosineSchedule`'s: linear warmup over ``warmup_steps``
+    (:math:`\eta = t/w`, so the first step has :math:`\eta = 0`, as in ``transformers``), then a
+    cosine from 1 to 0 over the remaining steps: :math:`\eta = \tfrac12(1 + \cos(\pi\,(t-w)/(T-w)))`,
+    and 0 from ``total_steps`` on. A warmup longer than the run (``--epochs`` below the task's
+    ``warmup_epochs``) is cut at ``total_steps``.
     """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+    warmup = min(warmup_steps, total_steps)
+    return schedules.multiplier("cosine", step, total_steps=total_steps, warmup_steps=warmup)
 
 
 # ---- the registry --------------------------------------------------------------------------------

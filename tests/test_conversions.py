@@ -74,4 +74,4 @@ def test_command(capsys):
     out = capsys.readouterr().out
     assert "tau_epochs" in out and "10000" in out and "of the run" in out
     assert main(["convert-wd", "0.1", "--to", "indep"]) == 2
-    assert "needs lr" in capsys.readouterr().out
+    assert "needs --lr" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -262,6 +263,60 @@ def test_groups_work_with_torch_and_decoupled(backend: dict[str, bool]) -> None:
     w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
     opt.step()
     assert torch.allclose(w, torch.full_like(w, 0.95)) and torch.equal(b, torch.ones(3))
+
+
+# (param_groups keywords, the decayed group's weight_decay: 1/tau of each weight per step at peak lr)
+TIMESCALE_CASES = [
+    (dict(tau=10_000, lr=1e-3), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, lr=1e-3, convention="adamw_corrected"), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, lr=1e-3, convention="adamw_cautious"), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, convention="adamw_indep"), 1 / 10_000),
+    (dict(tau=10_000, lr=1e-3, convention="indep"), 1 / 10_000),  # the alias
+    (dict(tau_fraction=0.25, total_steps=40_000, lr=1e-3), 1 / (1e-3 * 10_000)),
+    (dict(tau_fraction=0.25, total_steps=40_000, convention="adamw_indep"), 1 / 10_000),
+]
+
+
+@pytest.mark.parametrize("kwargs, expected", TIMESCALE_CASES, ids=[str(sorted(k.items())) for k, _ in TIMESCALE_CASES])
+def test_set_the_timescale_not_the_coefficient(kwargs: dict, expected: float) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    groups = param_groups(model, **kwargs)
+    assert groups[0]["weight_decay"] == pytest.approx(expected, rel=1e-12)
+    assert groups[1]["weight_decay"] == 0.0
+    if "lr" in kwargs:  # the lr the timescale was set for travels with the groups
+        assert all(g["lr"] == kwargs["lr"] for g in groups)
+
+
+def test_the_timescale_holds_in_the_optimizer() -> None:
+    """With zero gradients, tau steps of decoupled.AdamW at that lr leave exp(-1) of a decayed weight."""
+    w = nn.Parameter(torch.ones(3, 3))
+    holder = nn.Module()
+    holder.register_parameter("weight", w)
+    opt = decoupled.AdamW(param_groups(holder, tau=50, lr=1e-2), lr=1e-2)
+    for _ in range(50):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert w.detach()[0, 0].item() == pytest.approx((1 - 1 / 50) ** 50, rel=1e-5)
+    assert abs((1 - 1 / 50) ** 50 - math.exp(-1)) < 0.01
+
+
+TIMESCALE_ERRORS = [
+    (dict(weight_decay=0.1, tau=1000, lr=1e-3), "not both"),
+    (dict(tau=1000), "a timescale with the adamw convention needs the peak lr: pass lr=..."),
+    (dict(tau=1000, lr=1e-3, convention="adam_l2"), "adam_l2 convention has no timescale"),
+    (dict(tau=1000, lr=1e-3, convention="adamw_fast"), "unknown weight-decay convention 'adamw_fast'"),
+    (dict(tau_fraction=0.5, lr=1e-3), "tau_fraction needs total_steps"),
+    (dict(tau=-5, lr=1e-3), "tau must be a positive finite number"),
+    (dict(tau=1000, tau_fraction=0.5, lr=1e-3, total_steps=10), "not both or neither"),
+    (dict(total_steps=1000), "go with a timescale"),
+    (dict(convention="adamw_indep"), "go with a timescale"),
+]
+
+
+@pytest.mark.parametrize("kwargs, pattern", TIMESCALE_ERRORS, ids=[p for _, p in TIMESCALE_ERRORS])
+def test_timescale_errors(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(pattern)):
+        param_groups(nn.Linear(2, 2), **kwargs)
 
 
 # ---- real model families built from a config ----------------------------------------------

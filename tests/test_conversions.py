@@ -102,7 +102,10 @@ BAD_COMMANDS = [
     (["0.1", "--to", "indep"], "converting adamw -> adamw_indep needs --lr"),
     (["0.1", "--to", "tau_fraction", "--lr", "1e-3"], "converting adamw -> tau_fraction needs --total-steps"),
     (["0.1", "--to", "normalized"], "needs --lr, --batch-size, --dataset-size, --epochs"),
-    (["1e-4", "--from", "indep", "--to", "normalized"], "adamw_indep -> normalized needs --batch-size, --dataset-size, --epochs"),
+    (
+        ["1e-4", "--from", "indep", "--to", "normalized"],
+        "adamw_indep -> normalized needs --batch-size, --dataset-size, --epochs",
+    ),
     ([], "the following arguments are required: value"),
 ]
 
@@ -132,7 +135,13 @@ def test_the_run_is_whole_steps_and_says_how_they_were_counted(capsys):
 
 @pytest.mark.parametrize(
     "batch, examples, epochs, per_epoch, run",
-    [(128, 50_000, 100, 391, 39_100), (100, 10_000, 3, 100, 300), (7, 10, 2.5, 2, 5), (64, 64, 1, 1, 1), (32, 1, 4, 1, 4)],
+    [
+        (128, 50_000, 100, 391, 39_100),
+        (100, 10_000, 3, 100, 300),
+        (7, 10, 2.5, 2, 5),
+        (64, 64, 1, 1, 1),
+        (32, 1, 4, 1, 4),
+    ],
 )
 def test_steps_are_counted_as_trainer_counts_them(batch, examples, epochs, per_epoch, run):
     assert steps_per_epoch(batch, examples) == per_epoch == math.ceil(examples / batch)
@@ -176,7 +185,9 @@ TIMESCALES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, convention, expected", TIMESCALES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(TIMESCALES)])
+@pytest.mark.parametrize(
+    "kwargs, convention, expected", TIMESCALES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(TIMESCALES)]
+)
 def test_weight_decay_for_timescale_per_convention(kwargs, convention, expected):
     from decoupled import conventions
 
@@ -205,3 +216,12 @@ def test_weight_decay_for_timescale_per_convention(kwargs, convention, expected)
 def test_weight_decay_for_timescale_errors(kwargs, pattern):
     with pytest.raises(ValueError, match=re.escape(pattern)):
         weight_decay_for_timescale(**kwargs)
+
+
+@pytest.mark.parametrize("module", ["decoupled.conversions", "decoupled.groups"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, module

@@ -103,7 +103,12 @@ CHECK_FIXES = [
     ),
     (
         "param-twice",
-        lambda m: (twice(torch.optim.AdamW(decoupled.param_groups(m), lr=1e-3), m.fc.weight), m, None, {"warmup_steps": 10}),
+        lambda m: (
+            twice(torch.optim.AdamW(decoupled.param_groups(m), lr=1e-3), m.fc.weight),
+            m,
+            None,
+            {"warmup_steps": 10},
+        ),
         "param-twice",
         "exactly one param group",
         lambda opt, m: torch.optim.AdamW(decoupled.param_groups(m), lr=1e-3),
@@ -131,7 +136,12 @@ CHECK_FIXES = [
     ),
     (
         "timescale-wipes-out",
-        lambda m: (clean(m, wd=0.1, lr=1e-3, lr_independent_decay=True), m, None, {"warmup_steps": 10, "total_steps": 5000}),
+        lambda m: (
+            clean(m, wd=0.1, lr=1e-3, lr_independent_decay=True),
+            m,
+            None,
+            {"warmup_steps": 10, "total_steps": 5000},
+        ),
         "decay-timescale",
         "Lower weight_decay towards",
         None,
@@ -185,7 +195,9 @@ TRAINING_ARGS_FIXES = [
 ]
 
 
-@pytest.mark.parametrize("args, code", TRAINING_ARGS_FIXES, ids=[f"{c}-{i}" for i, (_, c) in enumerate(TRAINING_ARGS_FIXES)])
+@pytest.mark.parametrize(
+    "args, code", TRAINING_ARGS_FIXES, ids=[f"{c}-{i}" for i, (_, c) in enumerate(TRAINING_ARGS_FIXES)]
+)
 def test_every_training_args_fix_constructs_with_the_installed_transformers(tmp_path, args, code):
     transformers = pytest.importorskip("transformers")
     from decoupled.integrations.hf import check_training_args
@@ -231,7 +243,9 @@ CONVENTION_GROUPS = [
 ]
 
 
-@pytest.mark.parametrize("keys, wd, convention, tau", CONVENTION_GROUPS, ids=[f"{c[2]}-{i}" for i, c in enumerate(CONVENTION_GROUPS)])
+@pytest.mark.parametrize(
+    "keys, wd, convention, tau", CONVENTION_GROUPS, ids=[f"{c[2]}-{i}" for i, c in enumerate(CONVENTION_GROUPS)]
+)
 def test_each_group_is_read_in_its_convention(keys, wd, convention, tau):
     """Plain param-group dicts in torch.optim.AdamW, which keeps keys it does not know (decay_scaling,
     cautious_decay) as decoupled.AdamW will read them."""

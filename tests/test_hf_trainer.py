@@ -194,15 +194,29 @@ LR = 3e-3
 WEIGHT_DECAY_CASES = [
     ({}, {}, 0.1, None),
     ({"foreach": False}, {}, 0.1, None),
-    ({"lr_independent_decay": True}, {}, LR * 0.1, r"weight_decay=0.1 is PyTorch's form .* converted to weight_decay=0.0003 for adamw_indep decay, which removes the same 0.0003 per step at peak lr \(timescale 3,333 steps\)"),
-    ({"lr_independent_decay": True, "lr_max": 2 * LR}, {}, 2 * LR * 0.1, r"converted to weight_decay=0.0006 for adamw_indep"),
+    (
+        {"lr_independent_decay": True},
+        {},
+        LR * 0.1,
+        r"weight_decay=0.1 is PyTorch's form .* converted to weight_decay=0.0003 for adamw_indep decay, which removes the same 0.0003 per step at peak lr \(timescale 3,333 steps\)",
+    ),
+    (
+        {"lr_independent_decay": True, "lr_max": 2 * LR},
+        {},
+        2 * LR * 0.1,
+        r"converted to weight_decay=0.0006 for adamw_indep",
+    ),
     ({}, {"tau": 1000}, 1 / (LR * 1000), None),
     ({}, {"tau_fraction": 0.5}, 1 / (LR * 0.5 * STEPS), None),
     ({"lr_independent_decay": True}, {"tau": 1000}, 1 / 1000, None),
 ]
 
 
-@pytest.mark.parametrize("options, tau, expected, warns", WEIGHT_DECAY_CASES, ids=[f"{sorted(o)}-{sorted(t)}" for o, t, _, _ in WEIGHT_DECAY_CASES])
+@pytest.mark.parametrize(
+    "options, tau, expected, warns",
+    WEIGHT_DECAY_CASES,
+    ids=[f"{sorted(o)}-{sorted(t)}" for o, t, _, _ in WEIGHT_DECAY_CASES],
+)
 def test_weight_decay_follows_the_convention(tmp_path, caplog, options, tau, expected, warns) -> None:
     args = _args(tmp_path, learning_rate=LR, weight_decay=0.0 if tau else 0.1)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO", logger="decoupled.integrations.hf"):
@@ -247,7 +261,9 @@ def test_tau_and_a_weight_decay_are_refused_together(tmp_path) -> None:
 
 def test_trainer_groups_with_lr_independent_decay_warn_with_the_per_step_decay(tmp_path) -> None:
     args = _args(tmp_path, learning_rate=LR, weight_decay=0.1)
-    with pytest.warns(UserWarning, match=r"removes 0.1 of every decayed weight per step at peak lr .*weight_decay=0.0003"):
+    with pytest.warns(
+        UserWarning, match=r"removes 0.1 of every decayed weight per step at peak lr .*weight_decay=0.0003"
+    ):
         hf.optimizer_cls_and_kwargs(args, lr_independent_decay=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

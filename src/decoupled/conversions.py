@@ -5,23 +5,17 @@ step at peak learning rate** (unitless, per step). With peak lr :math:`\gamma` (
 :math:`\gamma_{max}` of the scaled conventions), batch size :math:`b`, training-set size
 :math:`B` (examples), :math:`T` epochs and a run of :math:`S` optimizer steps:
 
-====================  ====================================================  ==========================================
-form                  meaning                                               relation to :math:`d`
-====================  ====================================================  ==========================================
-``adamw``             ``AdamW(weight_decay=wd)``, PyTorch's (alias          :math:`d = \gamma\lambda`
-                      ``torch``): decay :math:`\gamma_t\lambda` per step
-``adamw_indep``       lr-independent (alias ``indep``): decay               :math:`d = \lambda`
-                      :math:`(\gamma_t/\gamma_{max})\lambda` per step
-``adamw_corrected``   corrected (AdamC): decay                              :math:`d = \gamma^2/\gamma_{max}\,\lambda
-                      :math:`(\gamma_t^2/\gamma_{max})\lambda` per step     = \gamma\lambda`
-``adamw_cautious``    as ``adamw``, on the coordinates it decays            :math:`d = \gamma\lambda`
-``normalized``        Loshchilov & Hutter's normalized weight decay         :math:`d = \lambda_{norm}\sqrt{b/(B T)}`
-``tau``               EMA timescale, in steps                               :math:`d = 1/\tau`
-``tau_epochs``        EMA timescale, in epochs of :math:`\lceil B/b\rceil`   :math:`d = 1/(\tau_{epochs}\lceil B/b\rceil)`
-                      steps
-``tau_fraction``      EMA timescale as a fraction of the run's :math:`S`    :math:`d = 1/(\tau_{fraction} S)`
-                      steps
-====================  ====================================================  ==========================================
+* ``adamw`` (alias ``torch``), PyTorch's ``AdamW(weight_decay=wd)``, decay :math:`\gamma_t\lambda` per
+  step: :math:`d = \gamma\lambda`;
+* ``adamw_indep`` (alias ``indep``), lr-independent, decay :math:`(\gamma_t/\gamma_{max})\lambda`:
+  :math:`d = \lambda`;
+* ``adamw_corrected`` (AdamC), decay :math:`(\gamma_t^2/\gamma_{max})\lambda`:
+  :math:`d = \gamma^2/\gamma_{max}\,\lambda = \gamma\lambda`;
+* ``adamw_cautious``, as ``adamw`` on the coordinates it decays: :math:`d = \gamma\lambda`;
+* ``normalized``, Loshchilov & Hutter's normalized weight decay: :math:`d = \lambda_{norm}\sqrt{b/(BT)}`;
+* ``tau``, the EMA timescale in steps: :math:`d = 1/\tau`;
+* ``tau_epochs``, in epochs of :math:`\lceil B/b\rceil` steps: :math:`d = 1/(\tau_{epochs}\lceil B/b\rceil)`;
+* ``tau_fraction``, as a fraction of the run's :math:`S` steps: :math:`d = 1/(\tau_{fraction} S)`.
 
 The convention forms are the decoupled conventions of :mod:`decoupled.conventions`, by the same
 names: each one's ``weight_decay`` is converted so that its decay per step at peak lr is the same
@@ -226,7 +220,9 @@ def resolve_timescale(
 ) -> float:
     r""":math:`\tau` in steps from exactly one of ``tau_steps`` and ``tau_fraction`` (times ``total_steps``)."""
     if (tau_steps is None) == (tau_fraction is None):
-        raise ValueError("give the timescale once: tau (in steps) or tau_fraction (of total_steps), not both or neither")
+        raise ValueError(
+            "give the timescale once: tau (in steps) or tau_fraction (of total_steps), not both or neither"
+        )
     if tau_steps is not None:
         return _positive("tau", tau_steps)
     if total_steps is None:
@@ -300,7 +296,13 @@ def _context(
             _positive(name, x)
     if total_steps is None and batch_size is not None and dataset_size is not None and epochs is not None:
         total_steps = run_steps(epochs, batch_size, dataset_size)
-    return {"lr": lr, "batch_size": batch_size, "dataset_size": dataset_size, "epochs": epochs, "total_steps": total_steps}
+    return {
+        "lr": lr,
+        "batch_size": batch_size,
+        "dataset_size": dataset_size,
+        "epochs": epochs,
+        "total_steps": total_steps,
+    }
 
 
 def missing_inputs(from_: str, to: str, known: dict[str, Any]) -> list[str]:
@@ -439,4 +441,8 @@ def _run_line(args: argparse.Namespace, known: dict[str, Any]) -> str:
         parts.append(f"  the run is {args.epochs:g} epochs = {total:,} steps")
     if total is not None and not missing_inputs(args.from_, "tau_fraction", known):
         parts.append(f"  the timescale is {_convert(args.value, args.from_, 'tau_fraction', known):.3g} of the run")
-    return "\n".join(parts) if parts else "  (give --batch-size and --dataset-size, and --epochs or --total-steps, for the run)"
+    return (
+        "\n".join(parts)
+        if parts
+        else "  (give --batch-size and --dataset-size, and --epochs or --total-steps, for the run)"
+    )

@@ -327,9 +327,9 @@ def param_groups(
     EMA timescale of the decay in optimizer steps, or ``tau_fraction`` of a run of ``total_steps``
     steps, instead of ``weight_decay``, with the peak ``lr`` (a group option, copied into both
     groups) and the ``convention`` the optimizer will follow (a :mod:`decoupled.conventions` key).
-    The decayed group then gets the ``weight_decay`` that removes :math:`1/	au` of each weight per
+    The decayed group then gets the ``weight_decay`` that removes :math:`1/\tau` of each weight per
     step at peak lr :math:`\gamma` (:func:`decoupled.conversions.weight_decay_for_timescale`):
-    :math:`1/(\gamma	au)` for ``adamw``, ``adamw_corrected`` and ``adamw_cautious``, :math:`1/	au`
+    :math:`1/(\gamma\tau)` for ``adamw``, ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau`
     for ``adamw_indep`` (no lr needed). The groups do not carry the convention: build the optimizer
     with it (``decoupled.conventions.get(convention).optimizer_options()`` lists its keywords), or
     the number means something else; ``decoupled.check`` reports each group's timescale.

@@ -165,7 +165,9 @@ def _training_args(args: argparse.Namespace) -> tuple[list[Finding], list[GroupT
             raise UsageError(f"the model {args.model!r} is a {type(make).__name__}, not a function; name a function")
         model = call_user(make, what="model")
         if not isinstance(model, torch.nn.Module):
-            raise UsageError(f"the model function {args.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+            raise UsageError(
+                f"the model function {args.model!r} returned {type(model).__name__}, not a torch.nn.Module"
+            )
     try:
         findings = hf.check_training_args(
             targs, model, steps_per_epoch=args.steps_per_epoch, total_steps=args.total_steps

@@ -127,7 +127,9 @@ def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | N
     target_tau = None if not total else max(TARGET_TAU_FRACTION * total, SHORT_TAU_STEPS)
     target = None if target_tau is None else _weight_decay_for(t, target_tau)
     fix_args = {} if target is None else {"weight_decay": target}
-    aim = "" if target_tau is None else f"towards {target:.3g} (a timescale of {fmt_steps(target_tau, steps_per_epoch)})"
+    aim = (
+        "" if target_tau is None else f"towards {target:.3g} (a timescale of {fmt_steps(target_tau, steps_per_epoch)})"
+    )
     if t.decay_per_step >= 0.1:
         typical = "1e-5 to 1e-3" if indep else "0.01-0.1 with lr 1e-4 to 1e-3"
         return [
@@ -137,7 +139,8 @@ def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | N
                 f"{form} removes {t.decay_per_step:.0%} of every decayed weight per step (timescale "
                 f"{fmt_steps(tau, steps_per_epoch)}): weights are wiped out almost at once.",
                 where,
-                f"Lower weight_decay{' ' + aim if aim else ''}: with {t.convention} decay, typical values are {typical}.",
+                f"Lower weight_decay{' ' + aim if aim else ''}: with {t.convention} decay, typical values are "
+                f"{typical}.",
                 fix_args,
             )
         ]

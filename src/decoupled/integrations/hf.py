@@ -18,9 +18,7 @@ compares the loss curves).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
-import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -40,30 +38,32 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from .. import conventions, conversions, schedules
 from ..conventions import Convention, Scaling
 from ..doctor import SEVERITIES, Finding, check, format_findings, format_timescales, timescales
-from ..doctor.decay import group_timescale, timescale_findings
+from ..doctor.decay import TARGET_TAU_FRACTION, group_timescale, timescale_findings
+from ..doctor.findings import sort_findings
 from ..groups import Rule, param_groups
 from ..optim import AdamW
+from .hf_args import (
+    HF_ADAMW,
+    enum_value,
+    trainer_param_groups,
+    training_arg,
+    training_args_fields,
+    training_args_total_steps,
+    validate_training_args,
+)
 
 __all__ = [
-    "create_optimizer_and_scheduler",
-    "optimizer_cls_and_kwargs",
-    "get_scheduler",
-    "optimizer_kwargs",
-    "WeightDecayScheduleCallback",
-    "DoctorCallback",
-    "check_training_args",
-    "validate_training_args",
-    "trainer_param_groups",
-    "training_args_total_steps",
-]
+    "create_optimizer_and_scheduler", "optimizer_cls_and_kwargs", "get_scheduler", "optimizer_kwargs",
+    "WeightDecayScheduleCallback", "DoctorCallback", "check_training_args", "validate_training_args",
+    "trainer_param_groups", "training_args_total_steps",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 _ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")
 
 
-def _name(value: Any) -> str:
-    return str(getattr(value, "value", value))  # SchedulerType / OptimizerNames enums or str
+_name = enum_value
 
 
 def optimizer_kwargs(args: Any) -> dict[str, Any]:
@@ -86,8 +86,8 @@ def optimizer_cls_and_kwargs(args: Any, **options: Any) -> tuple[type[AdamW], di
     _warn_if_not_adamw(args)
     convention = conventions.of_group(options)
     wd, lr = float(args.weight_decay), float(args.learning_rate)
-    if convention.scaling is Scaling.INDEPENDENT and wd > 0:
-        per_step = convention.decay_per_step(wd, lr, options.get("lr_max") or lr)
+    per_step = convention.decay_per_step(wd, lr, options.get("lr_max") or lr)
+    if convention.scaling is Scaling.INDEPENDENT and per_step:
         warnings.warn(
             f"Trainer puts TrainingArguments.weight_decay={wd:g} in its groups as it is: with {convention.key} decay "
             f"that removes {per_step:.3g} of every decayed weight per step at peak lr (timescale "
@@ -123,13 +123,11 @@ def create_optimizer_and_scheduler(
     **The weight decay.** ``args.weight_decay`` is in PyTorch's form, as Trainer reads it: the
     decayed group loses :math:`\gamma\lambda` of each weight per step at peak lr :math:`\gamma`. With
     another convention in ``options`` (``lr_independent_decay=True``, ``decay_scaling=...``) it is
-    converted so that the decay per step at peak lr stays the same (the same timescale
-    :math:`	au = 1/(\gamma\lambda)`): lr-independent decay gets :math:`\gamma_{max}\lambda`, corrected
-    decay :math:`\lambda\gamma_{max}/\gamma` (unchanged when ``lr_max`` is the peak lr). A warning says
-    so with the numbers. Or set the timescale and leave ``args.weight_decay`` at 0: ``tau`` in
-    optimizer steps, or ``tau_fraction`` of the ``num_training_steps`` (Wang & Aitchison 2025,
-    arXiv:2405.13698); :func:`decoupled.conversions.weight_decay_for_timescale` gives the weight
-    decay for the convention. The decision is logged (``logging.getLogger("decoupled.integrations.hf")``).
+    converted to the weight decay that removes the same per step at peak lr (the same timescale
+    :math:`\tau = 1/(\gamma\lambda)`; lr-independent decay gets :math:`\gamma_{max}\lambda`), with a
+    warning that says so. Or give the timescale, ``tau`` steps or ``tau_fraction`` of the run, with
+    ``args.weight_decay=0`` (:func:`decoupled.conversions.weight_decay_for_timescale`; Wang &
+    Aitchison 2025, arXiv:2405.13698). The decision is logged at INFO on this module's logger.
 
     Args:
         model: the model Trainer will train (build the optimizer before ``Trainer(...)``).
@@ -176,8 +174,7 @@ def _weight_decay(
 ) -> float:
     """The decayed group's weight_decay for the convention in ``options`` (see create_optimizer_and_scheduler)."""
     convention: Convention = conventions.of_group(options)
-    lr, wd = float(args.learning_rate), float(args.weight_decay)
-    lr_max = options.get("lr_max")
+    lr, wd, lr_max = float(args.learning_rate), float(args.weight_decay), options.get("lr_max")
     if tau is not None or tau_fraction is not None:
         if wd != 0:
             raise ValueError(
@@ -187,9 +184,8 @@ def _weight_decay(
         out = conversions.weight_decay_for_timescale(
             tau, lr, convention, tau_fraction=tau_fraction, total_steps=total_steps, lr_max=lr_max
         )
-        said = f"tau={conversions.resolve_timescale(tau, tau_fraction=tau_fraction, total_steps=total_steps):,.0f} steps"
     elif convention.coupled or convention.scaling is Scaling.LR or wd == 0:
-        out, said = wd, "TrainingArguments.weight_decay"
+        out = wd
     else:
         tau_steps = conversions.timescale_steps(lr, wd)
         out = conversions.weight_decay_for_timescale(tau_steps, lr, convention, lr_max=lr_max)
@@ -199,14 +195,12 @@ def _weight_decay(
             f"which removes the same {lr * wd:.3g} per step at peak lr (timescale {tau_steps:,.0f} steps)",
             stacklevel=3,
         )
-        said = f"TrainingArguments.weight_decay={wd:g} converted from PyTorch's form"
-    per_step = convention.decay_per_step(out, lr, lr_max or lr)
-    if per_step is not None:
-        logger.info(
-            "decoupled.AdamW: %s convention, weight_decay=%.6g (%s): %.3g of each decayed weight per step at peak "
-            "lr %g, timescale %s steps of a %d-step run",
-            convention.key, out, said, per_step, lr, f"{1 / per_step:,.0f}" if per_step else "inf", total_steps,
-        )
+    per_step = convention.decay_per_step(out, lr, lr_max or lr) or 0.0
+    logger.info(
+        "decoupled.AdamW, %s convention: weight_decay=%.6g removes %.3g of each decayed weight per step at peak lr "
+        "%g (timescale %s steps, run %d steps)",
+        *(convention.key, out, per_step, lr, f"{1 / per_step:,.0f}" if per_step else "inf", total_steps),
+    )
     return out
 
 
@@ -388,97 +382,6 @@ class DoctorCallback(TrainerCallback):
                 )
 
 
-_HF_ADAMW = {
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_hf",
-    "adamw_apex_fused",
-    "adamw_torch_xla",
-    "adamw_torch_npu_fused",
-    "adamw_bnb_8bit",
-    "adamw_8bit",
-    "paged_adamw_32bit",
-    "paged_adamw_8bit",
-}
-"""``TrainingArguments.optim`` values that are AdamW with PyTorch's decay (lr * weight_decay per step)."""
-
-
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
-
-
-def _arg(args: Mapping[str, Any], name: str) -> Any:
-    """``args[name]``, or the installed ``TrainingArguments``' default."""
-    if name in args:
-        return args[name]
-    f = _fields().get(name)
-    return None if f is None or f.default is dataclasses.MISSING else f.default
-
-
-def _nearest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def validate_training_args(args: Mapping[str, Any]) -> None:
-    """ValueError for a key that the installed ``transformers.TrainingArguments`` does not have (naming the
-    nearest valid one), an ``optim`` or ``lr_scheduler_type`` it does not know, or a number out of range."""
-    if not isinstance(args, Mapping):
-        raise ValueError(f"expected TrainingArguments as a mapping of names to values, got {type(args).__name__}")
-    fields = _fields()
-    for key in args:
-        if key in fields:
-            continue
-        if key == "warmup_ratio":  # transformers 4.x's; check_training_args reports it
-            continue
-        raise ValueError(
-            f"unknown TrainingArguments key {key!r} for transformers {transformers.__version__}{_nearest(key, fields)}"
-        )
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    for key, enum in (("optim", OptimizerNames), ("lr_scheduler_type", SchedulerType)):
-        if key in args:
-            names = [e.value for e in enum]
-            if _name(args[key]) not in names:
-                raise ValueError(f"unknown {key} {args[key]!r}{_nearest(str(args[key]), names)}")
-    for key, low in (("learning_rate", 0.0), ("weight_decay", 0.0), ("warmup_steps", 0.0), ("num_train_epochs", 0.0)):
-        x = args.get(key, 0.0)
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < low:
-            raise ValueError(f"{key} must be a finite number >= {low:g}, got {x!r}")
-    steps = args.get("max_steps", -1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
-        raise ValueError(f"max_steps must be a whole number >= 1 (or -1 to train by epochs), got {steps!r}")
-
-
-def training_args_total_steps(
-    args: Mapping[str, Any], steps_per_epoch: float | None = None, total_steps: int | None = None
-) -> int | None:
-    """Optimizer steps in the run: ``total_steps`` if given, else ``max_steps``, else
-    ``ceil(num_train_epochs * steps_per_epoch)`` as Trainer counts it; None when unknown."""
-    if total_steps:
-        return total_steps
-    max_steps = int(_arg(args, "max_steps") or -1)
-    if max_steps > 0:
-        return max_steps
-    return math.ceil(float(_arg(args, "num_train_epochs")) * steps_per_epoch) if steps_per_epoch else None
-
-
-def trainer_param_groups(args: Mapping[str, Any], model: nn.Module | None = None) -> list[dict[str, Any]]:
-    """The param groups ``Trainer`` builds from ``args`` (its name-based decay/no-decay split, with ``lr``);
-    without a model, one group with no parameters that stands for the decayed weights."""
-    lr, wd = float(_arg(args, "learning_rate")), float(_arg(args, "weight_decay"))
-    if model is None:
-        return [{"params": [], "lr": lr, "weight_decay": wd}]
-    decay_names = set(transformers.Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if n in decay_names], "lr": lr, "weight_decay": wd},
-        {"params": [p for n, p in named if n not in decay_names], "lr": lr, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 _TRAINER_SPLIT_FIX = (
     "Build the optimizer with decoupled.integrations.hf.create_optimizer_and_scheduler(model, args) and pass "
     "Trainer(optimizers=(optimizer, scheduler)): its decoupled.param_groups split keeps biases and norms (found by "
@@ -503,11 +406,11 @@ def check_training_args(
     transformers.
     """
     validate_training_args(args)
-    optim = _name(_arg(args, "optim")).lower()
-    lr, wd = float(_arg(args, "learning_rate")), float(_arg(args, "weight_decay"))
+    optim = _name(training_arg(args, "optim")).lower()
+    lr, wd = float(training_arg(args, "learning_rate")), float(training_arg(args, "weight_decay"))
     total = training_args_total_steps(args, steps_per_epoch, total_steps)
     found: list[Finding] = []
-    if optim not in _HF_ADAMW:
+    if optim not in HF_ADAMW:
         found.append(
             Finding(
                 "info",
@@ -518,7 +421,11 @@ def check_training_args(
             )
         )
     elif wd == 0:
-        target = conversions.weight_decay_for_timescale(tau_fraction=0.3, total_steps=total, lr=lr) if total else 0.1
+        target = (
+            conversions.weight_decay_for_timescale(tau_fraction=TARGET_TAU_FRACTION, total_steps=total, lr=lr)
+            if total
+            else 0.1
+        )
         found.append(
             Finding(
                 "warning",
@@ -526,13 +433,17 @@ def check_training_args(
                 "weight_decay=0 (the TrainingArguments default): AdamW without decay is plain Adam.",
                 "TrainingArguments.weight_decay",
                 f"Set weight_decay={target:.3g}"
-                + (" (a decay timescale of 30% of the run)." if total else " (commonly 0.01-0.1)."),
+                + (
+                    f" (a decay timescale of {TARGET_TAU_FRACTION:.0%} of the run)."
+                    if total
+                    else " (commonly 0.01-0.1)."
+                ),
                 {"weight_decay": float(f"{target:.3g}")},
             )
         )
-    warm = float(_arg(args, "warmup_steps") or 0)
+    warm = float(training_arg(args, "warmup_steps") or 0)
     ratio = float(args.get("warmup_ratio", 0.0) or 0.0)  # transformers 4.x's warmup fraction
-    if "warmup_ratio" in args and "warmup_ratio" not in _fields():
+    if "warmup_ratio" in args and "warmup_ratio" not in training_args_fields():
         found.append(
             Finding(
                 "warning",
@@ -540,14 +451,14 @@ def check_training_args(
                 f"warmup_ratio={args['warmup_ratio']!r} is transformers 4.x's: TrainingArguments of the installed "
                 f"transformers {transformers.__version__} has no warmup_ratio and raises TypeError for it.",
                 "TrainingArguments.warmup_ratio",
-                f"Drop warmup_ratio"
+                "Drop warmup_ratio"
                 + (f" and set warmup_steps={ratio!r} (a float below 1 is a fraction of the run)." if ratio else "."),
                 {"warmup_ratio": None, **({"warmup_steps": ratio} if ratio and not warm else {})},
             )
         )
-    scheduler = _name(_arg(args, "lr_scheduler_type"))
+    scheduler = _name(training_arg(args, "lr_scheduler_type"))
     if warm == 0 and ratio == 0 and scheduler not in ("constant", "reduce_lr_on_plateau"):
-        fix = {"warmup_ratio": 0.03} if "warmup_ratio" in _fields() else {"warmup_steps": 0.03}
+        fix = {"warmup_ratio": 0.03} if "warmup_ratio" in training_args_fields() else {"warmup_steps": 0.03}
         found.append(
             Finding(
                 "warning",
@@ -559,7 +470,7 @@ def check_training_args(
                 fix,
             )
         )
-    if model is not None and optim in _HF_ADAMW:
+    if model is not None and optim in HF_ADAMW:
         opt = torch.optim.AdamW(trainer_param_groups(args, model), lr=lr)
         for f in check(opt, model, total_steps=total, steps_per_epoch=steps_per_epoch, warmup_steps=1):
             if f.code in ("adamw-no-decay", "no-warmup"):
@@ -567,17 +478,18 @@ def check_training_args(
             if f.code.startswith("decay-") and f.code != "decay-timescale" and "precision" not in f.code:
                 f = dataclasses.replace(f, fix=_TRAINER_SPLIT_FIX)
             found.append(_training_args_fix(f))
-    elif wd > 0 and optim in _HF_ADAMW:
+    elif wd > 0 and optim in HF_ADAMW:
         t = group_timescale(0, trainer_param_groups(args)[0], "adamw", None, total)
         found += [_training_args_fix(f) for f in timescale_findings(t, "TrainingArguments", steps_per_epoch)]
-    order = {s: k for k, s in enumerate(SEVERITIES)}
-    return sorted(found, key=lambda f: order[f.severity])
+    return sort_findings(found)
 
 
 def _training_args_fix(f: Finding) -> Finding:
     """A finding whose fix is a new weight decay, with it as ``TrainingArguments`` keywords."""
     if f.code == "decay-timescale" and "weight_decay" in f.fix_args:
         return dataclasses.replace(
-            f, fix_args={"weight_decay": float(f"{f.fix_args['weight_decay']:.3g}")}, where="TrainingArguments.weight_decay"
+            f,
+            fix_args={"weight_decay": float(f"{f.fix_args['weight_decay']:.3g}")},
+            where="TrainingArguments.weight_decay",
         )
     return f

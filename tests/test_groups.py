@@ -127,6 +127,38 @@ def test_is_norm_by_structure() -> None:
     assert is_norm(nn.LocalResponseNorm(2)) == "normalization (LocalResponseNorm)"
 
 
+TORCH_NORM_LAYERS = [
+    nn.BatchNorm1d(3),
+    nn.BatchNorm2d(3),
+    nn.BatchNorm3d(3),
+    nn.SyncBatchNorm(3),
+    nn.InstanceNorm1d(3, affine=True),
+    nn.InstanceNorm2d(3, affine=True),
+    nn.InstanceNorm3d(3, affine=True),
+    nn.LazyBatchNorm1d(),
+    nn.LazyBatchNorm2d(),
+    nn.LazyBatchNorm3d(),
+    nn.LazyInstanceNorm1d(affine=True),
+    nn.LazyInstanceNorm2d(affine=True),
+    nn.LazyInstanceNorm3d(affine=True),
+    nn.LayerNorm(3),
+    nn.GroupNorm(1, 3),
+    nn.RMSNorm(3),
+]
+
+
+@pytest.mark.parametrize("layer", TORCH_NORM_LAYERS, ids=[type(m).__name__ for m in TORCH_NORM_LAYERS])
+def test_every_torch_norm_layer_is_a_norm(layer: nn.Module) -> None:
+    assert is_norm(layer) == f"normalization ({type(layer).__name__})"
+
+
+def test_every_batch_and_instance_norm_class_of_torch_is_listed() -> None:
+    """TORCH_NORMS names torch's classes one by one; a class torch adds on batchnorm's base shows up here."""
+    base = nn.modules.batchnorm._NormBase
+    classes = {c for c in vars(nn).values() if isinstance(c, type) and issubclass(c, base)}
+    assert len(classes) >= 13 and classes <= set(decoupled.groups.TORCH_NORMS)
+
+
 def test_groups_split_and_options() -> None:
     model = Zoo()
     groups = param_groups(model, weight_decay=0.1, lr=3e-4, betas=(0.9, 0.95))

@@ -90,7 +90,19 @@ Rule = Union[str, "re.Pattern[str]", type]
 TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*, lazy variants
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
     nn.LocalResponseNorm,
     nn.CrossMapLRN2d,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
@@ -146,8 +158,8 @@ def _unique_params(model: nn.Module) -> dict[int, _Param]:
     for name, p in model.named_parameters():  # first names, duplicates removed
         params[id(p)] = _Param(p, [name], [])
     for module_name, module in model.named_modules(remove_duplicate=False):
-        for local, p in module._parameters.items():
-            if p is None or id(p) not in params:
+        for local, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            if id(p) not in params:
                 continue
             entry = params[id(p)]
             full = f"{module_name}.{local}" if module_name else local

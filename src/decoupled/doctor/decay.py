@@ -108,7 +108,8 @@ def group_timescale(
     """The :class:`GroupTimescale` of one param group."""
     convention = convention_of(group, kind)
     lr, wd = peak_lr(group, scheduler, index), value(group["weight_decay"])
-    per_step = convention.decay_per_step(wd, lr, value(group.get("lr_max") or lr) if lr > 0 else None)
+    lr_max = value(group.get("lr_max") or lr)
+    per_step = convention.decay_per_step(wd, lr, lr_max) if lr_max > 0 else (None if convention.coupled else 0.0)
     tau = None if per_step is None else (math.inf if per_step == 0 else 1.0 / per_step)
     return GroupTimescale(index, convention.key, lr, wd, per_step, tau, total_steps)
 

@@ -79,15 +79,9 @@ _SCALES = {
     "normalized": ("batch_size", "dataset_size", "epochs"),
     "tau": (),
     "tau_epochs": ("batch_size", "dataset_size"),
-    "tau_fraction": ("total_steps",),
 }
-_FLAGS = {
-    "lr": "--lr",
-    "batch_size": "--batch-size",
-    "dataset_size": "--dataset-size",
-    "epochs": "--epochs",
-    "total_steps": "--total-steps",
-}
+_SCALES["tau_fraction"] = ("total_steps",)
+_FLAGS = {name: "--" + name.replace("_", "-") for name in ("lr", "batch_size", "dataset_size", "epochs", "total_steps")}
 
 
 def form_name(form: str) -> str:
@@ -296,13 +290,7 @@ def _context(
             _positive(name, x)
     if total_steps is None and batch_size is not None and dataset_size is not None and epochs is not None:
         total_steps = run_steps(epochs, batch_size, dataset_size)
-    return {
-        "lr": lr,
-        "batch_size": batch_size,
-        "dataset_size": dataset_size,
-        "epochs": epochs,
-        "total_steps": total_steps,
-    }
+    return dict(lr=lr, batch_size=batch_size, dataset_size=dataset_size, epochs=epochs, total_steps=total_steps)
 
 
 def missing_inputs(from_: str, to: str, known: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..conventions import ADAM_L2, Convention, of_group
+from ..conventions import ADAM_L2, Convention, Scaling, of_group
 from .findings import Finding, fmt_steps, names
 
 SHORT_TAU_STEPS = 200
@@ -73,6 +73,8 @@ class GroupTimescale:
     """:math:`1/d` steps (``inf`` for no decay); None for coupled L2."""
     total_steps: int | None
     """Optimizer steps in the run, when known."""
+    lr_independent: bool = False
+    """Whether the decay is lr-independent (``weight_decay`` itself is the fraction per step at peak lr)."""
 
     @property
     def runs(self) -> float | None:
@@ -111,14 +113,16 @@ def group_timescale(
     lr_max = value(group.get("lr_max") or lr)
     per_step = convention.decay_per_step(wd, lr, lr_max) if lr_max > 0 else (None if convention.coupled else 0.0)
     tau = None if per_step is None else (math.inf if per_step == 0 else 1.0 / per_step)
-    return GroupTimescale(index, convention.key, lr, wd, per_step, tau, total_steps)
+    indep = convention.scaling is Scaling.INDEPENDENT
+    return GroupTimescale(index, convention.key, lr, wd, per_step, tau, total_steps, lr_independent=indep)
 
 
 def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | None) -> list[Finding]:
     """Decay that wipes weights out, dominates, or does almost nothing over the run."""
     if t.decay_per_step is None or t.tau_steps is None or t.decay_per_step <= 0:
         return []
-    indep = t.convention.startswith("adamw_indep")
+    indep = t.lr_independent
+    formula = "1/wd" if indep else "1/(lr·wd)"
     form = (
         f"weight_decay={t.weight_decay:g} (lr-independent, {t.convention})"
         if indep
@@ -150,7 +154,7 @@ def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | N
             Finding(
                 "info" if tau < 100 * total else "warning",
                 "decay-timescale",
-                f"The decay timescale ({t.convention}: {_tau_formula(t.convention)}) is "
+                f"The decay timescale ({t.convention}: {formula}) is "
                 f"{fmt_steps(tau, steps_per_epoch)}, {tau / total:.3g}x the run's {fmt_steps(total, steps_per_epoch)}: "
                 f"decay alone would shrink a weight only to {math.exp(-total / tau):.1%} by the end, so it has "
                 f"almost no effect.",
@@ -166,7 +170,7 @@ def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | N
             Finding(
                 "warning",
                 "decay-timescale",
-                f"The decay timescale ({t.convention}: {_tau_formula(t.convention)}) is "
+                f"The decay timescale ({t.convention}: {formula}) is "
                 f"{fmt_steps(tau, steps_per_epoch)}{share}: decay dominates, and weights forget everything they "
                 f"learned more than {tau:,.0f} steps ago.",
                 where,
@@ -176,10 +180,6 @@ def timescale_findings(t: GroupTimescale, where: str, steps_per_epoch: float | N
             )
         ]
     return []
-
-
-def _tau_formula(convention: str) -> str:
-    return "1/wd" if convention.startswith("adamw_indep") else "1/(lr·wd)"
 
 
 def _weight_decay_for(t: GroupTimescale, tau_steps: float) -> float:

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
-	PIP_CONSTRAINT=constraints.txt $(PIP) install --quiet -e ".[all,test]"
+	PIP_CONSTRAINT=constraints.txt $(PIP) install --quiet -e ".[all,peers,test]"
 	touch $(STAMP)
 
 setup: $(STAMP)

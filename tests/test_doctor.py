@@ -11,7 +11,7 @@ from torch import nn
 
 import decoupled
 from decoupled.cli import main
-from decoupled.doctor import check, check_training_args, format_findings
+from decoupled.doctor import check, format_findings
 
 
 class MyRMSNorm(nn.Module):  # a custom norm class, found by structure
@@ -175,6 +175,9 @@ def test_exported_lazily():
 
 
 def test_training_args_file(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from decoupled.integrations.hf import check_training_args
+
     path = tmp_path / "args.json"
     path.write_text(
         json.dumps(
@@ -231,18 +234,18 @@ def test_entry_point_module_in_the_current_directory_in_any_order(tmp_path, monk
     assert main(["doctor", "mysetup_here:no_scheduler", "--json"]) in (0, 1)
     assert "no-warmup" in {d["code"] for d in json.loads(capsys.readouterr().out)}
     assert main(["doctor", "mysetup_here:twice"]) == 2
-    assert "returned (Linear, Linear); return an optimizer" in capsys.readouterr().out
+    assert "returned (Linear, Linear); return an optimizer" in capsys.readouterr().err
     assert main(["doctor", "no_such_module_here:make"]) == 2
-    out = capsys.readouterr().out
-    assert "no module 'no_such_module_here'" in out and str(tmp_path) in out
-    assert "'path/to/no_such_module_here.py:make'" in out
+    err = capsys.readouterr().err
+    assert "no module 'no_such_module_here'" in err and str(tmp_path) in err
+    assert "'path/to/no_such_module_here.py:make'" in err
 
 
 def test_trainer_callback():
     pytest.importorskip("transformers")
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from decoupled.doctor import DoctorCallback
+    from decoupled.integrations.hf import DoctorCallback
 
     model = Net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)

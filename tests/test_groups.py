@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -124,6 +125,38 @@ def test_is_norm_by_structure() -> None:
 
     assert no_decay_reasons(ChannelNorm2d()) == {"gain": "normalization (custom ChannelNorm2d)"}
     assert is_norm(nn.LocalResponseNorm(2)) == "normalization (LocalResponseNorm)"
+
+
+TORCH_NORM_LAYERS = [
+    nn.BatchNorm1d(3),
+    nn.BatchNorm2d(3),
+    nn.BatchNorm3d(3),
+    nn.SyncBatchNorm(3),
+    nn.InstanceNorm1d(3, affine=True),
+    nn.InstanceNorm2d(3, affine=True),
+    nn.InstanceNorm3d(3, affine=True),
+    nn.LazyBatchNorm1d(),
+    nn.LazyBatchNorm2d(),
+    nn.LazyBatchNorm3d(),
+    nn.LazyInstanceNorm1d(affine=True),
+    nn.LazyInstanceNorm2d(affine=True),
+    nn.LazyInstanceNorm3d(affine=True),
+    nn.LayerNorm(3),
+    nn.GroupNorm(1, 3),
+    nn.RMSNorm(3),
+]
+
+
+@pytest.mark.parametrize("layer", TORCH_NORM_LAYERS, ids=[type(m).__name__ for m in TORCH_NORM_LAYERS])
+def test_every_torch_norm_layer_is_a_norm(layer: nn.Module) -> None:
+    assert is_norm(layer) == f"normalization ({type(layer).__name__})"
+
+
+def test_every_batch_and_instance_norm_class_of_torch_is_listed() -> None:
+    """TORCH_NORMS names torch's classes one by one; a class torch adds on batchnorm's base shows up here."""
+    base = nn.modules.batchnorm._NormBase
+    classes = {c for c in vars(nn).values() if isinstance(c, type) and issubclass(c, base)}
+    assert len(classes) >= 13 and classes <= set(decoupled.groups.TORCH_NORMS)
 
 
 def test_groups_split_and_options() -> None:
@@ -262,6 +295,60 @@ def test_groups_work_with_torch_and_decoupled(backend: dict[str, bool]) -> None:
     w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
     opt.step()
     assert torch.allclose(w, torch.full_like(w, 0.95)) and torch.equal(b, torch.ones(3))
+
+
+# (param_groups keywords, the decayed group's weight_decay: 1/tau of each weight per step at peak lr)
+TIMESCALE_CASES = [
+    (dict(tau=10_000, lr=1e-3), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, lr=1e-3, convention="adamw_corrected"), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, lr=1e-3, convention="adamw_cautious"), 1 / (1e-3 * 10_000)),
+    (dict(tau=10_000, convention="adamw_indep"), 1 / 10_000),
+    (dict(tau=10_000, lr=1e-3, convention="indep"), 1 / 10_000),  # the alias
+    (dict(tau_fraction=0.25, total_steps=40_000, lr=1e-3), 1 / (1e-3 * 10_000)),
+    (dict(tau_fraction=0.25, total_steps=40_000, convention="adamw_indep"), 1 / 10_000),
+]
+
+
+@pytest.mark.parametrize("kwargs, expected", TIMESCALE_CASES, ids=[str(sorted(k.items())) for k, _ in TIMESCALE_CASES])
+def test_set_the_timescale_not_the_coefficient(kwargs: dict, expected: float) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    groups = param_groups(model, **kwargs)
+    assert groups[0]["weight_decay"] == pytest.approx(expected, rel=1e-12)
+    assert groups[1]["weight_decay"] == 0.0
+    if "lr" in kwargs:  # the lr the timescale was set for travels with the groups
+        assert all(g["lr"] == kwargs["lr"] for g in groups)
+
+
+def test_the_timescale_holds_in_the_optimizer() -> None:
+    """With zero gradients, tau steps of decoupled.AdamW at that lr leave exp(-1) of a decayed weight."""
+    w = nn.Parameter(torch.ones(3, 3))
+    holder = nn.Module()
+    holder.register_parameter("weight", w)
+    opt = decoupled.AdamW(param_groups(holder, tau=50, lr=1e-2), lr=1e-2)
+    for _ in range(50):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert w.detach()[0, 0].item() == pytest.approx((1 - 1 / 50) ** 50, rel=1e-5)
+    assert abs((1 - 1 / 50) ** 50 - math.exp(-1)) < 0.01
+
+
+TIMESCALE_ERRORS = [
+    (dict(weight_decay=0.1, tau=1000, lr=1e-3), "not both"),
+    (dict(tau=1000), "a timescale with the adamw convention needs the peak lr: pass lr=..."),
+    (dict(tau=1000, lr=1e-3, convention="adam_l2"), "adam_l2 convention has no timescale"),
+    (dict(tau=1000, lr=1e-3, convention="adamw_fast"), "unknown weight-decay convention 'adamw_fast'"),
+    (dict(tau_fraction=0.5, lr=1e-3), "tau_fraction needs total_steps"),
+    (dict(tau=-5, lr=1e-3), "tau must be a positive finite number"),
+    (dict(tau=1000, tau_fraction=0.5, lr=1e-3, total_steps=10), "not both or neither"),
+    (dict(total_steps=1000), "go with a timescale"),
+    (dict(convention="adamw_indep"), "go with a timescale"),
+]
+
+
+@pytest.mark.parametrize("kwargs, pattern", TIMESCALE_ERRORS, ids=[p for _, p in TIMESCALE_ERRORS])
+def test_timescale_errors(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(pattern)):
+        param_groups(nn.Linear(2, 2), **kwargs)
 
 
 # ---- real model families built from a config ----------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -141,3 +144,84 @@ def test_create_errors_and_warnings(tmp_path) -> None:
         hf.get_scheduler("linear", opt, 2, 10, {"power": 2})
     with pytest.raises(ValueError, match="exactly one of min_lr or min_lr_rate"):
         hf.get_scheduler("cosine_with_min_lr", opt, 2, 10, {})
+
+
+LR = 3e-3
+# (AdamW options, tau keywords, the decayed group's weight_decay, the warning it gives or None)
+WEIGHT_DECAY_CASES = [
+    ({}, {}, 0.1, None),
+    ({"foreach": False}, {}, 0.1, None),
+    (
+        {"lr_independent_decay": True},
+        {},
+        LR * 0.1,
+        r"weight_decay=0.1 is PyTorch's form .* converted to weight_decay=0.0003 for adamw_indep decay, which removes the same 0.0003 per step at peak lr \(timescale 3,333 steps\)",
+    ),
+    (
+        {"lr_independent_decay": True, "lr_max": 2 * LR},
+        {},
+        2 * LR * 0.1,
+        r"converted to weight_decay=0.0006 for adamw_indep",
+    ),
+    ({}, {"tau": 1000}, 1 / (LR * 1000), None),
+    ({}, {"tau_fraction": 0.5}, 1 / (LR * 0.5 * STEPS), None),
+    ({"lr_independent_decay": True}, {"tau": 1000}, 1 / 1000, None),
+]
+
+
+@pytest.mark.parametrize(
+    "options, tau, expected, warns",
+    WEIGHT_DECAY_CASES,
+    ids=[f"{sorted(o)}-{sorted(t)}" for o, t, _, _ in WEIGHT_DECAY_CASES],
+)
+def test_weight_decay_follows_the_convention(tmp_path, caplog, options, tau, expected, warns) -> None:
+    args = _args(tmp_path, learning_rate=LR, weight_decay=0.0 if tau else 0.1)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("INFO", logger="decoupled.integrations.hf"):
+        warnings.simplefilter("always")
+        optimizer, _ = hf.create_optimizer_and_scheduler(_model(), args, **options, **tau)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if warns:
+        assert any(re.search(warns, m) for m in said), said
+    else:
+        assert not any("weight_decay" in m for m in said), said
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(expected, rel=1e-12)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert "timescale" in caplog.text and "of each decayed weight per step at peak lr" in caplog.text
+
+
+def test_lr_independent_conversion_decays_as_torch_does(tmp_path) -> None:
+    """With zero gradients a step is decay alone: the converted lr-independent group loses what torch's
+    AdamW loses with TrainingArguments' weight_decay, at every lr of the schedule."""
+    args = _args(tmp_path, learning_rate=LR, weight_decay=0.1, warmup_steps=2, lr_scheduler_type="linear")
+    model, reference = _model(), _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, our_schedule = hf.create_optimizer_and_scheduler(model, args, lr_independent_decay=True)
+        theirs, their_schedule = hf.create_optimizer_and_scheduler(reference, args)
+    assert ours.param_groups[0]["weight_decay"] != theirs.param_groups[0]["weight_decay"]
+    start = [p.detach().clone() for p in model.parameters()]
+    for _ in range(6):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+        ours.step(), theirs.step(), our_schedule.step(), their_schedule.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=0)
+    assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))  # the decay did act
+
+
+def test_tau_and_a_weight_decay_are_refused_together(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"TrainingArguments\(weight_decay=0.1\) would be ignored"):
+        hf.create_optimizer_and_scheduler(_model(), _args(tmp_path), tau=1000)
+    with pytest.raises(ValueError, match="not both or neither"):
+        hf.create_optimizer_and_scheduler(_model(), _args(tmp_path, weight_decay=0.0), tau=1000, tau_fraction=0.5)
+
+
+def test_trainer_groups_with_lr_independent_decay_warn_with_the_per_step_decay(tmp_path) -> None:
+    args = _args(tmp_path, learning_rate=LR, weight_decay=0.1)
+    with pytest.warns(
+        UserWarning, match=r"removes 0.1 of every decayed weight per step at peak lr .*weight_decay=0.0003"
+    ):
+        hf.optimizer_cls_and_kwargs(args, lr_independent_decay=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf.optimizer_cls_and_kwargs(args)  # PyTorch's form: nothing to say

@@ -90,7 +90,19 @@ Rule = Union[str, "re.Pattern[str]", type]
 TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*, lazy variants
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
     nn.LocalResponseNorm,
     nn.CrossMapLRN2d,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
@@ -146,8 +158,8 @@ def _unique_params(model: nn.Module) -> dict[int, _Param]:
     for name, p in model.named_parameters():  # first names, duplicates removed
         params[id(p)] = _Param(p, [name], [])
     for module_name, module in model.named_modules(remove_duplicate=False):
-        for local, p in module._parameters.items():
-            if p is None or id(p) not in params:
+        for local, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            if id(p) not in params:
                 continue
             entry = params[id(p)]
             full = f"{module_name}.{local}" if module_name else local
@@ -295,15 +307,19 @@ def no_decay_reasons(
 
 def param_groups(
     model: nn.Module,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = None,
     *,
+    tau: float | None = None,
+    tau_fraction: float | None = None,
+    total_steps: int | None = None,
+    convention: str = "adamw",
     decay_embeddings: bool = True,
     no_decay: Iterable[Rule] = (),
     decay: Iterable[Rule] = (),
     verbose: bool = False,
     **group_options: Any,
 ) -> list[dict[str, Any]]:
-    """Optimizer param groups in which biases, norms (and optionally embeddings) do not decay.
+    r"""Optimizer param groups in which biases, norms (and optionally embeddings) do not decay.
 
     Returns at most two groups, in this order, empty ones dropped::
 
@@ -319,10 +335,23 @@ def param_groups(
     parameter. torch requires all groups of one optimizer to have names or none: give a group
     you add yourself a ``"param_names"`` list too.
 
+    **Setting the timescale instead** (Wang & Aitchison 2025, arXiv:2405.13698): give ``tau``, the
+    EMA timescale of the decay in optimizer steps, or ``tau_fraction`` of a run of ``total_steps``
+    steps, instead of ``weight_decay``, with the peak ``lr`` (a group option, copied into both
+    groups) and the ``convention`` the optimizer will follow (a :mod:`decoupled.conventions` key).
+    The decayed group then gets the ``weight_decay`` that removes :math:`1/\tau` of each weight per
+    step at peak lr :math:`\gamma` (:func:`decoupled.conversions.weight_decay_for_timescale`):
+    :math:`1/(\gamma\tau)` for ``adamw``, ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau`
+    for ``adamw_indep`` (no lr needed). The groups do not carry the convention: build the optimizer
+    with it (``decoupled.conventions.get(convention).optimizer_options()`` lists its keywords), or
+    the number means something else; ``decoupled.check`` reports each group's timescale.
+
     Args:
         model: the model whose parameters to group.
-        weight_decay: :math:`\\lambda` of the decayed group (for AdamW: the fraction of each
-            weight removed per step is ``lr * weight_decay``).
+        weight_decay: :math:`\lambda` of the decayed group (for AdamW: the fraction of each
+            weight removed per step is ``lr * weight_decay``); 0.01 when neither it nor a
+            timescale is given.
+        tau, tau_fraction, total_steps, convention: the timescale instead of ``weight_decay`` (above).
         decay_embeddings, no_decay, decay: see :func:`no_decay_reasons`.
         verbose: print the decision (groups, tensor and element counts, and why parameters
             were kept out of decay).
@@ -336,7 +365,30 @@ def param_groups(
         >>> [(g["weight_decay"], g["param_names"]) for g in groups]
         [(0.1, ['0.weight', '2.weight']), (0.0, ['0.bias', '1.weight', '1.bias', '2.bias'])]
         >>> optimizer = decoupled.AdamW(groups, lr=1e-3)
+        >>> [g["weight_decay"] for g in decoupled.param_groups(model, tau=10_000, lr=1e-3)]  # 1 / (1e-3 * 1e4)
+        [0.1, 0.0]
     """
+    if tau is not None or tau_fraction is not None:
+        if weight_decay is not None:
+            raise ValueError(
+                "give weight_decay or a timescale (tau= / tau_fraction=), not both: the timescale sets weight_decay"
+            )
+        from .conversions import weight_decay_for_timescale
+
+        try:
+            weight_decay = weight_decay_for_timescale(
+                tau, group_options.get("lr"), convention, tau_fraction=tau_fraction, total_steps=total_steps
+            )
+        except ValueError as err:
+            if "lr is required" not in str(err):
+                raise
+            raise ValueError(
+                f"a timescale with the {convention} convention needs the peak lr: pass lr=... (copied into both "
+                f"groups); only adamw_indep's decay does not depend on lr"
+            ) from None
+    elif total_steps is not None or convention != "adamw":
+        raise ValueError("total_steps= and convention= go with a timescale (tau= or tau_fraction=)")
+    weight_decay = 0.01 if weight_decay is None else weight_decay
     check_number("weight_decay", weight_decay, hint="; typical AdamW values are 0.01 to 0.1")
     reserved = {"params", "param_names", "weight_decay"} & set(group_options)
     if reserved:

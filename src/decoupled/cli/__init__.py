@@ -21,7 +21,7 @@ from .args import EXIT_SETUP, EXIT_USAGE, ArgumentParser, SetupError, UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("decoupled.lab.compare", "Adam+L2 vs AdamW vs lr-independent AdamW over an lr x wd grid"),
     "explain": ("decoupled.lab.explain", "what each convention really did to each parameter"),
-    "doctor": ("decoupled.doctor", "check a training setup for weight-decay mistakes"),
+    "doctor": ("decoupled.doctor.cli", "check a training setup for weight-decay mistakes"),
     "convert-wd": ("decoupled.conversions", "translate a weight decay between conventions"),
     "bench": ("decoupled.bench.run", "time one optimizer step against named peers"),
 }

@@ -17,37 +17,53 @@ compares the loss curves).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 try:
+    import transformers
     from transformers import TrainerCallback
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "decoupled.integrations.hf needs transformers; install the extra: pip install 'decoupled[hf]'"
     ) from err
 
-from .. import schedules
+from .. import conventions, conversions, schedules
+from ..conventions import Convention, Scaling
+from ..doctor import SEVERITIES, Finding, check, format_findings, format_timescales, timescales
+from ..doctor.decay import TARGET_TAU_FRACTION, group_timescale, timescale_findings
+from ..doctor.findings import sort_findings
 from ..groups import Rule, param_groups
 from ..optim import AdamW
+from .hf_args import (
+    HF_ADAMW,
+    enum_value,
+    trainer_param_groups,
+    training_arg,
+    training_args_fields,
+    training_args_total_steps,
+    validate_training_args,
+)
 from .hf_schedules import get_scheduler
 
 __all__ = [
-    "create_optimizer_and_scheduler",
-    "optimizer_cls_and_kwargs",
-    "get_scheduler",
-    "optimizer_kwargs",
-    "WeightDecayScheduleCallback",
-]
+    "create_optimizer_and_scheduler", "optimizer_cls_and_kwargs", "get_scheduler", "optimizer_kwargs",
+    "WeightDecayScheduleCallback", "DoctorCallback", "check_training_args", "validate_training_args",
+    "trainer_param_groups", "training_args_total_steps",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 _ADAMW_NAMES = ("adamw_torch", "adamw_torch_fused")
 
 
-def _name(value: Any) -> str:
-    return str(getattr(value, "value", value))  # SchedulerType / OptimizerNames enums or str
+_name = enum_value
 
 
 def optimizer_kwargs(args: Any) -> dict[str, Any]:
@@ -62,8 +78,23 @@ def optimizer_cls_and_kwargs(args: Any, **options: Any) -> tuple[type[AdamW], di
     biases and LayerNorm/RMSNorm-named parameters, which get 0) and builds its own lr
     scheduler from ``args``; only the optimizer is ours. ``options`` are extra AdamW keywords
     (``lr_independent_decay=True``, ``foreach=False``, ...).
+
+    Trainer's groups carry ``args.weight_decay`` unchanged, so with lr-independent decay it is
+    read as the fraction removed per step at peak lr (0.1 = 10% of every weight per step), not in
+    PyTorch's form: a warning states that decay. :func:`create_optimizer_and_scheduler` converts it.
     """
     _warn_if_not_adamw(args)
+    convention = conventions.of_group(options)
+    wd, lr = float(args.weight_decay), float(args.learning_rate)
+    per_step = convention.decay_per_step(wd, lr, options.get("lr_max") or lr)
+    if convention.scaling is Scaling.INDEPENDENT and per_step:
+        warnings.warn(
+            f"Trainer puts TrainingArguments.weight_decay={wd:g} in its groups as it is: with {convention.key} decay "
+            f"that removes {per_step:.3g} of every decayed weight per step at peak lr (timescale "
+            f"{1 / per_step:,.0f} steps). If {wd:g} is PyTorch's form, set TrainingArguments(weight_decay="
+            f"{lr * wd:.3g}) (lr * weight_decay), or use create_optimizer_and_scheduler, which converts it",
+            stacklevel=2,
+        )
     return AdamW, {**optimizer_kwargs(args), **options}
 
 
@@ -76,17 +107,27 @@ def create_optimizer_and_scheduler(
     no_decay: Iterable[Rule] = (),
     decay: Iterable[Rule] = (),
     verbose: bool = False,
+    tau: float | None = None,
+    tau_fraction: float | None = None,
     **options: Any,
 ) -> tuple[AdamW, schedules.ScheduleBase]:
-    """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``, from ``model`` and its ``TrainingArguments``.
+    r"""``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``, from ``model`` and its ``TrainingArguments``.
 
-    The optimizer is :class:`decoupled.AdamW` over :func:`decoupled.param_groups` (decay
-    ``args.weight_decay`` on weight matrices; none on biases, norms, and embeddings if
-    ``decay_embeddings=False``), with ``args.learning_rate``, ``(args.adam_beta1,
-    args.adam_beta2)`` and ``args.adam_epsilon``. The scheduler is the
-    :mod:`decoupled.schedules` equivalent of ``args.lr_scheduler_type`` with
+    The optimizer is :class:`decoupled.AdamW` over :func:`decoupled.param_groups` (decay on weight
+    matrices; none on biases, norms, and embeddings if ``decay_embeddings=False``), with
+    ``args.learning_rate``, ``(args.adam_beta1, args.adam_beta2)`` and ``args.adam_epsilon``. The
+    scheduler is the :mod:`decoupled.schedules` equivalent of ``args.lr_scheduler_type`` with
     ``args.lr_scheduler_kwargs`` and ``args.get_warmup_steps(num_training_steps)`` warmup steps
     (``warmup_steps`` < 1 is a fraction of the run, as in Trainer).
+
+    **The weight decay.** ``args.weight_decay`` is in PyTorch's form, as Trainer reads it: the
+    decayed group loses :math:`\gamma\lambda` of each weight per step at peak lr :math:`\gamma`. With
+    another convention in ``options`` (``lr_independent_decay=True``, ``decay_scaling=...``) it is
+    converted to the weight decay that removes the same per step at peak lr (the same timescale
+    :math:`\tau = 1/(\gamma\lambda)`; lr-independent decay gets :math:`\gamma_{max}\lambda`), with a
+    warning that says so. Or give the timescale, ``tau`` steps or ``tau_fraction`` of the run, with
+    ``args.weight_decay=0`` (:func:`decoupled.conversions.weight_decay_for_timescale`; Wang &
+    Aitchison 2025, arXiv:2405.13698). The decision is logged at INFO on this module's logger.
 
     Args:
         model: the model Trainer will train (build the optimizer before ``Trainer(...)``).
@@ -95,12 +136,15 @@ def create_optimizer_and_scheduler(
             epochs instead, pass ``ceil(len(train_dataloader) / gradient_accumulation_steps)
             * num_train_epochs``.
         decay_embeddings, no_decay, decay, verbose: as in :func:`decoupled.param_groups`.
+        tau, tau_fraction: the decay timescale, in steps or as a fraction of the run, instead of
+            ``args.weight_decay``.
         **options: extra :class:`decoupled.AdamW` keywords (``lr_independent_decay=True``,
             ``foreach=False``, ...). The backend is otherwise chosen automatically (the fused
             kernel on CPU and CUDA, as Trainer's default ``adamw_torch_fused``).
 
     Raises:
-        ValueError: the number of steps is unknown, or the scheduler type has no equivalent.
+        ValueError: the number of steps is unknown, the scheduler type has no equivalent, or
+            both ``tau`` and a nonzero ``args.weight_decay`` are given.
     """
     _warn_if_not_adamw(args)
     if num_training_steps is None:
@@ -110,10 +154,11 @@ def create_optimizer_and_scheduler(
                 "num_training_steps=ceil(len(train_dataloader) / gradient_accumulation_steps) * num_train_epochs"
             )
         num_training_steps = args.max_steps
+    weight_decay = _weight_decay(args, options, num_training_steps, tau, tau_fraction)
     groups = param_groups(
-        model, args.weight_decay, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay, verbose=verbose
+        model, weight_decay, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay, verbose=verbose
     )
-    optimizer = AdamW(groups, **{**optimizer_kwargs(args), "weight_decay": args.weight_decay, **options})
+    optimizer = AdamW(groups, **{**optimizer_kwargs(args), "weight_decay": weight_decay, **options})
     scheduler = get_scheduler(
         _name(args.lr_scheduler_type),
         optimizer,
@@ -122,6 +167,41 @@ def create_optimizer_and_scheduler(
         scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
     return optimizer, scheduler
+
+
+def _weight_decay(
+    args: Any, options: dict[str, Any], total_steps: int, tau: float | None, tau_fraction: float | None
+) -> float:
+    """The decayed group's weight_decay for the convention in ``options`` (see create_optimizer_and_scheduler)."""
+    convention: Convention = conventions.of_group(options)
+    lr, wd, lr_max = float(args.learning_rate), float(args.weight_decay), options.get("lr_max")
+    if tau is not None or tau_fraction is not None:
+        if wd != 0:
+            raise ValueError(
+                f"tau/tau_fraction set the weight decay, and TrainingArguments(weight_decay={wd:g}) would be "
+                f"ignored: set weight_decay=0.0, or leave out tau"
+            )
+        out = conversions.weight_decay_for_timescale(
+            tau, lr, convention, tau_fraction=tau_fraction, total_steps=total_steps, lr_max=lr_max
+        )
+    elif convention.coupled or convention.scaling is Scaling.LR or wd == 0:
+        out = wd
+    else:
+        tau_steps = conversions.timescale_steps(lr, wd)
+        out = conversions.weight_decay_for_timescale(tau_steps, lr, convention, lr_max=lr_max)
+        warnings.warn(
+            f"TrainingArguments.weight_decay={wd:g} is PyTorch's form (lr * weight_decay = {lr * wd:.3g} of each "
+            f"weight per step at peak lr {lr:g}); converted to weight_decay={out:.6g} for {convention.key} decay, "
+            f"which removes the same {lr * wd:.3g} per step at peak lr (timescale {tau_steps:,.0f} steps)",
+            stacklevel=3,
+        )
+    per_step = convention.decay_per_step(out, lr, lr_max or lr) or 0.0
+    logger.info(
+        "decoupled.AdamW, %s convention: weight_decay=%.6g removes %.3g of each decayed weight per step at peak lr "
+        "%g (timescale %s steps, run %d steps)",
+        *(convention.key, out, per_step, lr, f"{1 / per_step:,.0f}" if per_step else "inf", total_steps),
+    )
+    return out
 
 
 def _warn_if_not_adamw(args: Any) -> None:
@@ -148,3 +228,156 @@ class WeightDecayScheduleCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.schedule.step()
+
+
+# ---- doctor: the Trainer callback and TrainingArguments checks ----------------------------------------
+
+
+class DoctorCallback(TrainerCallback):
+    """Runs :func:`decoupled.check` when a ``Trainer`` starts training and prints the findings and each
+    param group's decay timescale next to the run.
+
+    ``trainer = Trainer(..., callbacks=[DoctorCallback()])``. The findings are kept in
+    ``self.findings``; ``raise_on="error"`` stops training on findings of that severity or worse.
+    Other keywords go to :func:`decoupled.check`.
+    """
+
+    def __init__(self, raise_on: str | None = None, **check_options: Any) -> None:
+        if raise_on is not None and raise_on not in SEVERITIES:
+            raise ValueError(f"raise_on must be one of {SEVERITIES} or None, got {raise_on!r}")
+        self.raise_on = raise_on
+        self.check_options = check_options
+        self.findings: list[Finding] = []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is None:
+            return
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        total = state.max_steps if getattr(state, "max_steps", 0) else None
+        epochs = getattr(state, "num_train_epochs", 0) or getattr(args, "num_train_epochs", 0)
+        spe = total / epochs if total and epochs else None
+        self.findings = check(inner, model, lr_scheduler, total_steps=total, steps_per_epoch=spe, **self.check_options)
+        if getattr(state, "is_world_process_zero", True):
+            print(format_findings(self.findings))
+            print(format_timescales(timescales(inner, lr_scheduler, total_steps=total), spe))
+        if self.raise_on is not None:
+            cut = SEVERITIES.index(self.raise_on)
+            bad = [f for f in self.findings if SEVERITIES.index(f.severity) <= cut]
+            if bad:
+                raise RuntimeError(
+                    f"decoupled doctor: {len(bad)} finding(s) of severity {self.raise_on} or worse; "
+                    f"first: {bad[0].code}: {bad[0].what}"
+                )
+
+
+_TRAINER_SPLIT_FIX = (
+    "Build the optimizer with decoupled.integrations.hf.create_optimizer_and_scheduler(model, args) and pass "
+    "Trainer(optimizers=(optimizer, scheduler)): its decoupled.param_groups split keeps biases and norms (found by "
+    "structure, not by name) out of decay."
+)
+
+
+def check_training_args(
+    args: Mapping[str, Any],
+    model: nn.Module | None = None,
+    *,
+    steps_per_epoch: float | None = None,
+    total_steps: int | None = None,
+) -> list[Finding]:
+    """Check a ``TrainingArguments`` (as a dict, e.g. loaded from its JSON) and optionally the model.
+
+    The keys are checked first (:func:`validate_training_args`: a misspelled key is refused with
+    the nearest valid name). With a model, builds the optimizer as ``Trainer`` would (its decay/no-decay
+    split) and runs :func:`decoupled.check`; without one, checks what the arguments alone say
+    (optimizer name, weight decay, warmup, decay timescale when the run length is known). Each
+    finding's ``fix_args`` are ``TrainingArguments`` keywords that apply its fix on the installed
+    transformers.
+    """
+    validate_training_args(args)
+    optim = _name(training_arg(args, "optim")).lower()
+    lr, wd = float(training_arg(args, "learning_rate")), float(training_arg(args, "weight_decay"))
+    total = training_args_total_steps(args, steps_per_epoch, total_steps)
+    found: list[Finding] = []
+    if optim not in HF_ADAMW:
+        found.append(
+            Finding(
+                "info",
+                "not-adamw",
+                f"optim={optim!r} is not an AdamW variant; only the generic checks apply.",
+                "TrainingArguments.optim",
+                "Nothing to do if this is intended.",
+            )
+        )
+    elif wd == 0:
+        target = (
+            conversions.weight_decay_for_timescale(tau_fraction=TARGET_TAU_FRACTION, total_steps=total, lr=lr)
+            if total
+            else 0.1
+        )
+        found.append(
+            Finding(
+                "warning",
+                "adamw-no-decay",
+                "weight_decay=0 (the TrainingArguments default): AdamW without decay is plain Adam.",
+                "TrainingArguments.weight_decay",
+                f"Set weight_decay={target:.3g}"
+                + (
+                    f" (a decay timescale of {TARGET_TAU_FRACTION:.0%} of the run)."
+                    if total
+                    else " (commonly 0.01-0.1)."
+                ),
+                {"weight_decay": float(f"{target:.3g}")},
+            )
+        )
+    warm = float(training_arg(args, "warmup_steps") or 0)
+    ratio = float(args.get("warmup_ratio", 0.0) or 0.0)  # transformers 4.x's warmup fraction
+    if "warmup_ratio" in args and "warmup_ratio" not in training_args_fields():
+        found.append(
+            Finding(
+                "warning",
+                "warmup-ratio",
+                f"warmup_ratio={args['warmup_ratio']!r} is transformers 4.x's: TrainingArguments of the installed "
+                f"transformers {transformers.__version__} has no warmup_ratio and raises TypeError for it.",
+                "TrainingArguments.warmup_ratio",
+                "Drop warmup_ratio"
+                + (f" and set warmup_steps={ratio!r} (a float below 1 is a fraction of the run)." if ratio else "."),
+                {"warmup_ratio": None, **({"warmup_steps": ratio} if ratio and not warm else {})},
+            )
+        )
+    scheduler = _name(training_arg(args, "lr_scheduler_type"))
+    if warm == 0 and ratio == 0 and scheduler not in ("constant", "reduce_lr_on_plateau"):
+        fix = {"warmup_ratio": 0.03} if "warmup_ratio" in training_args_fields() else {"warmup_steps": 0.03}
+        found.append(
+            Finding(
+                "warning",
+                "no-warmup",
+                "No warmup (warmup_steps=0): the first Adam steps use the full lr while v is still built from a "
+                "handful of gradients.",
+                "TrainingArguments.warmup_steps",
+                f"Set {', '.join(f'{k}={v}' for k, v in fix.items())} (warm up over the first 3% of the run).",
+                fix,
+            )
+        )
+    if model is not None and optim in HF_ADAMW:
+        opt = torch.optim.AdamW(trainer_param_groups(args, model), lr=lr)
+        for f in check(opt, model, total_steps=total, steps_per_epoch=steps_per_epoch, warmup_steps=1):
+            if f.code in ("adamw-no-decay", "no-warmup"):
+                continue
+            if f.code.startswith("decay-") and f.code != "decay-timescale" and "precision" not in f.code:
+                f = dataclasses.replace(f, fix=_TRAINER_SPLIT_FIX)
+            found.append(_training_args_fix(f))
+    elif wd > 0 and optim in HF_ADAMW:
+        t = group_timescale(0, trainer_param_groups(args)[0], "adamw", None, total)
+        found += [_training_args_fix(f) for f in timescale_findings(t, "TrainingArguments", steps_per_epoch)]
+    return sort_findings(found)
+
+
+def _training_args_fix(f: Finding) -> Finding:
+    """A finding whose fix is a new weight decay, with it as ``TrainingArguments`` keywords."""
+    if f.code == "decay-timescale" and "weight_decay" in f.fix_args:
+        return dataclasses.replace(
+            f,
+            fix_args={"weight_decay": float(f"{f.fix_args['weight_decay']:.3g}")},
+            where="TrainingArguments.weight_decay",
+        )
+    return f

@@ -236,7 +236,9 @@ def as_flag(name: str, value: Any, *, optional: bool = False, warn: bool = True)
         return None
     if isinstance(value, bool):
         return value
-    if isinstance(value, numbers.Integral) and int(value) in (0, 1):  # ints, numpy ints and bools
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):  # ints and numpy ints
+        return bool(value)
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy.True_
         return bool(value)
     try:
         truth = bool(value)

@@ -173,10 +173,25 @@ def _check_param_state(entry: Any, param: torch.Tensor, index: Any, group: int, 
         if isinstance(dense, torch.Tensor) and dense.is_complex() != param.is_complex():
             kind = "complex" if param.is_complex() else "real"
             _fail(f"'{moment}' of {where} has dtype {dense.dtype}; the parameter is {kind}, so must its moments be")
+    _check_compensation(entry, param, where)
     for key, value in entry.items():
         bad = _value_problem(key, value)
         if bad:
             _fail(f"'{key}' of {where} has {bad}; the checkpoint is corrupt (it would turn the parameter into NaN)")
+
+
+def _check_compensation(entry: Mapping[str, Any], param: torch.Tensor, where: str) -> None:
+    """A Kahan compensation buffer (``param_rounding="kahan"``) has the parameter's shape and a float dtype."""
+    from .formats import COMPENSATION_KEY
+
+    comp = entry.get(COMPENSATION_KEY)
+    if comp is None:
+        return
+    if not isinstance(comp, torch.Tensor) or not comp.is_floating_point():
+        kind = comp.dtype if isinstance(comp, torch.Tensor) else type(comp).__name__
+        _fail(f"'{COMPENSATION_KEY}' of {where} has dtype {kind}; the compensation buffer is floating point")
+    if tuple(comp.shape) != tuple(param.shape):
+        _fail(f"'{COMPENSATION_KEY}' of {where} has shape {tuple(comp.shape)}, not the parameter's")
 
 
 def _check_step(step: Any, where: str) -> None:

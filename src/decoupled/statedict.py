@@ -265,7 +265,7 @@ def restoring(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         raise
 
 
-def _per_step(conv: conventions.Convention, wd: float, lr: float, lr_max: float | None) -> str:
+def per_step_meaning(conv: conventions.Convention, wd: float, lr: float, lr_max: float | None) -> str:
     """What ``weight_decay=wd`` removes of a weight per step under ``conv``, in words and numbers."""
     if conv.coupled:
         return f"no fixed fraction: {wd:g} * theta is added to the gradient before the moments (Adam + L2)"
@@ -307,15 +307,15 @@ def convention_note(
     at = f"lr={lr:g}" + (f", lr_max={lr_max:g}" if lr_max else "")
     if run.key != now.key:
         return (
-            f"{prefix}the checkpoint's run used {run.key} ({run.label}): {_per_step(run, wd, lr, lr_max)}. "
+            f"{prefix}the checkpoint's run used {run.key} ({run.label}): {per_step_meaning(run, wd, lr, lr_max)}. "
             f"After this load the group follows {now.key} ({now.label}), so weight_decay={wd:g} now removes "
-            f"{_per_step(now, wd, lr, lr_max)} ({at}). To continue that run unchanged, build the optimizer as "
+            f"{per_step_meaning(now, wd, lr, lr_max)} ({at}). To continue that run unchanged, build the optimizer as "
             f"{_constructor(run)}; to keep {now.key}, rescale weight_decay"
         )
     return (
         f"{prefix}this optimizer was built for {built.key} ({built.label}), but the checkpoint's group follows "
         f"{now.key}, which is loaded with its other hyperparameters: weight_decay={wd:g} removes "
-        f"{_per_step(now, wd, lr, lr_max)} ({at})"
+        f"{per_step_meaning(now, wd, lr, lr_max)} ({at})"
     )
 
 
@@ -323,7 +323,9 @@ def _constructor(conv: conventions.Convention) -> str:
     """The optimizer call that follows ``conv`` (its keyword options)."""
     options = {k: v for k, v in conv.optimizer_options().items() if k != "decoupled_weight_decay"}
     args = ", ".join(f"{k}={v!r}" for k, v in options.items())
-    return f"decoupled.Adam(...)" if conv.coupled else f"decoupled.AdamW(...{', ' + args if args else ''})"
+    if conv.coupled:
+        return "decoupled.Adam(...)"
+    return f"decoupled.AdamW(..., {args})" if args else "decoupled.AdamW(...) without a convention option (PyTorch's)"
 
 
 def _number(x: Any) -> Any:
@@ -354,6 +356,7 @@ __all__ = [
     "restoring",
     "convention_note",
     "check_convention",
+    "per_step_meaning",
     "ConventionWarning",
     "MOMENT_KEYS",
     "TORCH_KEYS",

@@ -92,9 +92,10 @@ def test_lr_as_tensor(cls, backend):
 
 
 def test_lr_as_tensor_on_foreach_matches_loop():
-    """torch refuses a tensor lr with foreach=True; decoupled reads it once and runs."""
+    """torch refuses a tensor lr with foreach=True, and so does decoupled (issue 10; tests/test_hyper.py);
+    the foreach backend named with backend= reads it once and runs."""
     run_side_by_side(
-        lambda ps: decoupled.AdamW(two_groups(ps, 0.1, lr=torch.tensor(1e-2)), foreach=True),
+        lambda ps: decoupled.AdamW(two_groups(ps, 0.1, lr=torch.tensor(1e-2)), backend="foreach"),
         lambda ps: torch.optim.AdamW(two_groups(ps, 0.1, lr=torch.tensor(1e-2)), foreach=False),
         make_params("complex", torch.float32),
     )

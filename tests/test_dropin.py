@@ -65,7 +65,6 @@ def step_both(a, b, steps):
                 assert torch.equal(value, b.state[pb][key]), f"{key} of parameter {i} after step {step}"
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_GETSTATE)
 @pytest.mark.parametrize("method", COPIES)
 @pytest.mark.parametrize("config", fixture.CONFIGS)
 def test_a_copied_optimizer_steps_identically(config, method):
@@ -75,7 +74,6 @@ def test_a_copied_optimizer_steps_identically(config, method):
     step_both(opt, clone, range(3, 6))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_GETSTATE)
 @pytest.mark.parametrize("config", fixture.CONFIGS)
 def test_an_optimizer_pickled_by_0_1_0_steps_identically(config):
     """Unpickled from tests/data (0.1.0's layout), it steps as a fresh optimizer of today's code
@@ -126,7 +124,6 @@ NEEDS_HYPERGRADIENTS = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_HYPERGRADIENTS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_hypergradients_pass_gradcheck(convention, amsgrad):
@@ -134,7 +131,6 @@ def test_hypergradients_pass_gradcheck(convention, amsgrad):
     torch.autograd.gradcheck(lambda *h: meta_loss(cls, options, *h, amsgrad), tuple(hyper_tensors()))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_HYPERGRADIENTS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("convention", [c for c, v in CONVENTIONS.items() if v[2] is not None])
 def test_hypergradients_equal_torchs(convention, amsgrad):
@@ -174,7 +170,6 @@ def run(cls, params, steps=10, **kwargs):
     return opt
 
 
-@pytest.mark.xfail(strict=True, reason="needs core: fused=False selects the loop backend (torch's default on CPU), not auto")
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_fused_false_runs_the_for_loop(name):
     ours, theirs = getattr(decoupled, name), getattr(torch.optim, name)
@@ -194,7 +189,6 @@ NEEDS_AMP = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_AMP)
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_fused_declares_amp_scaling(name):
     ours, theirs = getattr(decoupled, name), getattr(torch.optim, name)
@@ -203,7 +197,6 @@ def test_fused_declares_amp_scaling(name):
         assert getattr(ours([torch.ones(1, requires_grad=True)], **kwargs), "_step_supports_amp_scaling", False) == judge
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_AMP)
 @pytest.mark.parametrize("no_grad_scale", [False, True])
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_fused_does_not_step_if_found_inf(name, no_grad_scale):
@@ -221,7 +214,6 @@ def test_fused_does_not_step_if_found_inf(name, no_grad_scale):
             assert opt.state[p]["step"].item() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_AMP)
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_fused_unscales_with_grad_scale(name):
     """GradScaler's fused path: scaled gradients and the scale on the optimizer; the update is
@@ -277,9 +269,6 @@ def test_grad_scaler_on_cpu_matches_torch_fused(name, clip):
         assert torch.equal(mine[3].state[p]["step"], judge[3].state[q]["step"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs core: step() raises AssertionError(hyper.capturable_problem(params, foreach=...)) for a capturable "
-    "group that is not fused, before touching state, as torch's step does on CPU"))
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_capturable_on_cpu_is_refused_at_step_as_torch_does(name, foreach):
@@ -301,9 +290,6 @@ def test_capturable_with_fused_runs_like_torch(name):
         assert torch.equal(x, y) and torch.equal(a.state[x]["step"], b.state[y]["step"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs core: the loop backend adds Adam's L2 term to a complex gradient in complex arithmetic "
-    "(grad.add(param, alpha=wd) before view_as_real), as torch's for-loop does (1 ulp apart today)"))
 def test_adam_l2_on_complex_parameters_is_torchs_loop_to_the_bit():
     g = torch.Generator().manual_seed(5)
     p0 = torch.randn(64, 32, generator=g, dtype=torch.complex64)
@@ -313,9 +299,6 @@ def test_adam_l2_on_complex_parameters_is_torchs_loop_to_the_bit():
     assert torch.equal(mine, judge)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs core: step() checks changed groups with hyper.check_group(group, where=..., at='step'): "
-    "torch runs a negative lr set by a schedule, so it warns instead of raising"))
 @pytest.mark.parametrize("name", ["AdamW", "Adam"])
 def test_negative_lr_from_a_schedule_warns_and_steps_like_torch(name):
     ps = make_params("basic", torch.float64)

@@ -131,29 +131,9 @@ def test_construction_matches_torch(cls, name, kwargs, harmful):
     assert bool(ours_warned) == (harmful and mine is None), [str(w.message) for w in caught]
 
 
-# Cases where torch's step() fails only because it does not normalize (its fused kernel takes
-# bools), where we must run; and the cases our step() still mishandles today.
-NEEDS_NORMALIZED_GROUP = "needs core: the optimizer stores hyper.normalize_group(group) at construction/add_param_group"
-NEEDS_CAPTURABLE_CHECK = (
-    "needs core: step() raises AssertionError(hyper.capturable_problem(params, foreach=...)) for a "
-    "capturable group that is not fused, as torch's step does on CPU"
-)
-STEP_XFAIL = {
-    "lr=tensor foreach capturable": NEEDS_CAPTURABLE_CHECK,
-    "amsgrad=1": NEEDS_NORMALIZED_GROUP,
-    "amsgrad=0": NEEDS_NORMALIZED_GROUP,
-    "maximize=0": NEEDS_NORMALIZED_GROUP,
-    "maximize=np.True_": NEEDS_NORMALIZED_GROUP,
-    "amsgrad=np.True_ fused": NEEDS_NORMALIZED_GROUP,
-    "amsgrad='no'": NEEDS_NORMALIZED_GROUP,
-    "amsgrad=None": NEEDS_NORMALIZED_GROUP,
-}
-
-
 def step_cases():
     for name, kwargs, harmful in CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=STEP_XFAIL[name])] if name in STEP_XFAIL else []
-        yield pytest.param(name, kwargs, harmful, id=name, marks=marks)
+        yield pytest.param(name, kwargs, harmful, id=name)
 
 
 @pytest.mark.filterwarnings("ignore::decoupled.hyper.HyperparameterWarning")

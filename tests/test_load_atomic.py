@@ -208,7 +208,6 @@ NEEDS_RESTORING = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RESTORING)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_a_load_that_fails_in_a_post_hook_changes_nothing(config):
     opt, ps = make(config, seed=2)
@@ -224,7 +223,6 @@ def test_a_load_that_fails_in_a_post_hook_changes_nothing(config):
     assert_unchanged(opt, ps, before)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RESTORING)
 @pytest.mark.parametrize("failing_call", [1, 2, 3])
 @pytest.mark.parametrize("config", ["adamw", "adamw-8bit-moments"])
 def test_a_load_that_fails_in_a_conversion_changes_nothing(config, failing_call, monkeypatch):

@@ -38,7 +38,7 @@ def test_loaded_group_is_the_checkpoints_with_this_optimizers_params_formats_and
     assert (group["lr"], group["weight_decay"]) == (0.5, 0.2)  # the checkpoint's hyperparameters
     assert (group["foreach"], group["fused"], group["capturable"]) == (None, None, False)  # torch's defaults
     assert group["moments"] == "bf16"  # the format is this optimizer's choice
-    assert group["lr_independent_decay"] is True and group["lr_max"] == 1e-3  # no convention in the checkpoint
+    assert group["decay_scaling"] == "independent" and group["lr_max"] == 1e-3  # no convention in the checkpoint
     saved_named = {**saved, "lr_independent_decay": True, "lr_max": 2.0}
     assert statedict.loaded_group(saved_named, mine, decoupled=True)["lr_max"] == 2.0  # the checkpoint names one
 
@@ -115,9 +115,6 @@ def test_check_convention_warns_or_refuses():
         statedict.check_convention(torch_group(), current(), decoupled=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs core: AdamW.load_state_dict builds groups with statedict.loaded_group(saved, group, decoupled=True) "
-    "and calls statedict.check_convention for each group"))
 def test_torch_checkpoint_into_lr_independent_adamw_keeps_its_convention_and_says_so():
     p = torch.ones(4, requires_grad=True)
     p.grad = torch.ones(4)

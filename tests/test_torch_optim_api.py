@@ -263,7 +263,6 @@ NEEDS_GETSTATE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_GETSTATE)
 @pytest.mark.parametrize("name, kwargs", cases(NO_DIFF))
 def test_deepcopy_copies_all_public_attrs(name, kwargs):
     params = [Parameter(torch.randn(2, 3)) for _ in range(2)]

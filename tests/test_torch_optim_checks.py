@@ -116,8 +116,12 @@ def test_complex(name, kwargs):
         real_opt.step()
         complex_opt.step()
         # the same bits where the implementation is named; torch's tolerance where the default
-        # picks by dtype (complex tensors cannot take the fused kernel, their real views can)
-        tol = dict(rtol=0, atol=0) if "foreach" in kwargs else {}
+        # picks by dtype (complex tensors cannot take the fused kernel, their real views can) and
+        # on the for-loop with Adam's L2 term, which torch's loop (and ours, to match it bit for
+        # bit) adds to a complex gradient in complex arithmetic (torch's own test_complex allows
+        # its default tolerance there)
+        complex_l2 = name == "Adam" and kwargs.get("weight_decay") and kwargs.get("foreach") is False
+        tol = dict(rtol=0, atol=0) if "foreach" in kwargs and not complex_l2 else {}
         for c, r in zip(complex_params, real_params):
             torch.testing.assert_close(torch.view_as_real(c) if c.is_complex() else c, r, **tol)
 
@@ -209,8 +213,6 @@ def test_set_default_dtype_works_with_foreach(name, default_dtype):
         torch.set_default_dtype(old)
 
 
-@pytest.mark.xfail(strict=True, reason="needs core: the step raises RuntimeError(hyper.fused_problem(p)) before "
-                   "initializing the state of a parameter fused=True cannot run (torch's wording)")
 @pytest.mark.parametrize("name", tt.NAMES)
 def test_fused_error_on_params_on_meta(name):
     with torch.device("meta"):

@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from . import conventions, formats, statedict
 from . import step as pipeline
 from .backends import REGISTRY
-from .hyper import check_group
+from .hyper import capturable_problem, check_group, fused_problem, normalize_group
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, torch.Tensor]]
 
@@ -93,6 +93,7 @@ class _AdamFamily(Optimizer):
         self._normalize(defaults)
         conventions.check_group({**defaults, "lr_max": defaults.get("lr_max", 1.0)} if "decay_scaling" in defaults else defaults)
         check_group(defaults)
+        defaults.update(normalize_group(defaults))  # flags as bools, numbers as floats: before any state
         self._checked: dict[int, tuple] = {}  # group index -> hyperparameters last checked at step()
         super().__init__(params, defaults)
         if fused:  # torch.amp.GradScaler then hands step() grad_scale/found_inf, as for torch's fused AdamW
@@ -126,9 +127,10 @@ class _AdamFamily(Optimizer):
         try:
             conventions.check_group(group, where=f"param group {len(self.param_groups) - 1}")
             check_group(group, where=f"param group {len(self.param_groups) - 1}")
-        except (ValueError, RuntimeError):
+        except (ValueError, RuntimeError, TypeError):
             self.param_groups.pop()  # leave the optimizer as it was
             raise
+        group.update(normalize_group(group))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -168,53 +170,47 @@ class _AdamFamily(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class, by ``torch.optim.AdamW`` or by ``torch.optim.Adam``.
 
-        The whole state dict is checked first; a malformed or mismatched one raises ValueError
-        and leaves the optimizer exactly as it was. Moments saved in any state format (torch's
-        included) are converted to the format this optimizer's groups use.
+        All or nothing: the whole state dict is checked first (:func:`decoupled.statedict.validate`),
+        and a malformed or mismatched one raises ValueError with the optimizer exactly as it was.
+        Moments saved in any state format (torch's included) are converted, entry by entry, to the
+        format this optimizer's groups use. A checkpoint of another weight-decay convention (or of
+        torch's, into a group of another) is loaded with a warning that says what ``weight_decay``
+        now removes per step. torch's load-state-dict hooks run as in ``torch.optim.Optimizer``.
         """
-        statedict.validate(state_dict, self.param_groups)
-        # the state format is this optimizer's choice, not the checkpoint's: keep it
-        chosen = [{k: g[k] for k in formats.DEFAULTS if k in g} for g in self.param_groups]
-        super().load_state_dict(state_dict)
-        self._restore_saved_dtypes(state_dict)
-        for group, keep in zip(self.param_groups, chosen):
-            conventions.normalize_group(group)
-            for key in formats.DEFAULTS:
-                group.pop(key, None)
-            group.update(keep)
-            fmt, rounding = formats.options(group)
-            for p in group["params"]:
-                if self.state.get(p):
-                    if formats.is_formatted(group, p):
-                        self.state[p] = formats.convert_entry(self.state[p], p, fmt, rounding)
-                    else:  # torch's layout, kept as saved where it already is
-                        self.state[p] = formats.convert_entry(
-                            self.state[p], p, formats.PARAM, rounding, contiguous=False
-                        )
-        self._checked = {}
-
-    def _restore_saved_dtypes(self, state_dict: dict[str, Any]) -> None:
-        """Undo torch's cast of loaded state to the parameter's dtype: a format's tensors keep
-        their own dtype (fp32 moments of bf16 weights, fp32 block scales), and the conversion
-        to this optimizer's format that follows decides what to cast."""
-        saved_groups = state_dict["param_groups"]
-        by_index = {i: p for sg, g in zip(saved_groups, self.param_groups) for i, p in zip(sg["params"], g["params"])}
-        for index, entry in state_dict["state"].items():
-            loaded = self.state[by_index[index]]
-            for key, value in entry.items():
-                if key != "step" and isinstance(value, torch.Tensor) and loaded[key].dtype != value.dtype:
-                    loaded[key] = value.to(by_index[index].device)
+        state_dict = state_dict.copy()  # shallow, as torch does
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = result if result is not None else state_dict
+        decoupled = True if self._default_decoupled else None  # AdamW's groups are always decoupled
+        statedict.validate(state_dict, self.param_groups, decoupled=decoupled)
+        state, groups = statedict.loaded(state_dict, self.param_groups, decoupled=decoupled)
+        with statedict.restoring(self):  # a post-hook that raises leaves the optimizer as it was, too
+            self.__setstate__({"state": state, "param_groups": groups})
+            self._checked = {}
+            for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+                post_hook(self)
 
     # ---- the step --------------------------------------------------------------------------
 
     def _check(self, index: int, group: dict[str, Any]) -> None:
-        """Validate a group's hyperparameters when they changed since the last step (a schedule)."""
+        """Validate a group when its hyperparameters changed since the last step (a schedule), as
+        torch's step does (what torch refuses only at construction, a negative lr, warns), and the
+        parameters a step with torch's ``capturable``/``fused`` flags cannot run."""
         hyper = (group["lr"], group["betas"], group["eps"], group["weight_decay"], group.get("lr_max"))
         if any(isinstance(h, torch.Tensor) for h in (hyper[0], *hyper[1])) or self._checked.get(index) != hyper:
             where = f"param group {index}"
             conventions.check_group(group, where=where)
-            check_group(group, where=where)
+            check_group(group, where=where, at="step")
             self._checked[index] = hyper
+        with_grad = [p for p in group["params"] if p.grad is not None]
+        if group["capturable"] and not group["fused"]:
+            problem = capturable_problem(with_grad, foreach=bool(group["foreach"]))
+            if problem:
+                raise AssertionError(problem)
+        if group["fused"]:
+            for p in with_grad:
+                if not self.state.get(p) and (problem := fused_problem(p)):
+                    raise RuntimeError(problem)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform one optimization step (optionally re-evaluating the loss with ``closure``).

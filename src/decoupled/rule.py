@@ -293,6 +293,11 @@ class DifferentiableTensorOps(TensorOps):
     division of sqrt(v) is out of place, and the moments are cloned where they are read.
     """
 
+    def add(self, x: torch.Tensor, y: torch.Tensor, alpha: Any) -> torch.Tensor:
+        if isinstance(alpha, torch.Tensor):  # y (the parameter) is updated in place later
+            return x + y.clone() * alpha
+        return x.add(y, alpha=alpha)
+
     def div_(self, x: torch.Tensor, s: float) -> torch.Tensor:
         return x / s
 

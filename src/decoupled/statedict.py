@@ -265,6 +265,44 @@ def restoring(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         raise
 
 
+def loaded(
+    state_dict: Mapping[str, Any], param_groups: Sequence[Mapping[str, Any]], *, decoupled: bool | None = None
+) -> tuple[dict[torch.Tensor, dict[str, Any]], list[dict[str, Any]]]:
+    """The state and param groups that loading ``state_dict`` (already :func:`validate`-d) gives
+    an optimizer with ``param_groups``, as new objects: nothing of the optimizer is changed.
+
+    Each group is :func:`loaded_group` (a change of what ``weight_decay`` means is warned about,
+    :func:`check_convention`). Each entry is converted straight into the format its group stores
+    (:func:`decoupled.formats.convert_entry`): tensors are moved to the parameter's device but not
+    cast to its dtype first, as torch's load does, so a bf16 or 8-bit checkpoint never passes
+    through float32 copies of the whole state. ``step`` follows torch's rule: float32 on the
+    parameter's device for fused or capturable groups, else as saved."""
+    from . import formats
+
+    groups, by_index = [], {}
+    for g, (saved, current) in enumerate(zip(state_dict["param_groups"], param_groups)):
+        check_convention(saved, current, where=f"param group {g}", decoupled=decoupled)
+        group = loaded_group(saved, current, decoupled=decoupled)
+        conventions.normalize_group(group)
+        groups.append(group)
+        by_index.update({index: (p, group) for index, p in zip(saved["params"], current["params"])})
+    state: dict[torch.Tensor, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        param, group = by_index[index]
+        entry = dict(entry)
+        step = entry.get("step")
+        if isinstance(step, torch.Tensor) and (group.get("fused") or group.get("capturable")):
+            entry["step"] = step.to(dtype=torch.float32, device=param.device)
+        if entry:
+            fmt, rounding = formats.options(group)
+            if formats.is_formatted(group, param):
+                entry = formats.convert_entry(entry, param, fmt, rounding)
+            else:  # torch's layout, kept as saved where it already is
+                entry = formats.convert_entry(entry, param, formats.PARAM, rounding, contiguous=False)
+        state[param] = entry
+    return state, groups
+
+
 def per_step_meaning(conv: conventions.Convention, wd: float, lr: float, lr_max: float | None) -> str:
     """What ``weight_decay=wd`` removes of a weight per step under ``conv``, in words and numbers."""
     if conv.coupled:
@@ -352,6 +390,7 @@ def check_convention(
 
 __all__ = [
     "validate",
+    "loaded",
     "loaded_group",
     "restoring",
     "convention_note",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..rule import DifferentiableTensorOps, GroupCoefficients, TensorOps, adam_update, step_coefficients
@@ -25,18 +27,25 @@ def step(
     """Apply :func:`decoupled.rule.adam_update` to each parameter in turn.
 
     Complex tensors are updated as real tensors of shape ``(..., 2)``, so the second moment is
-    kept per real and imaginary part, as in PyTorch.
+    kept per real and imaginary part, as in PyTorch; Adam's L2 term is added to the complex
+    gradient first, as torch's for-loop does (its foreach path, and ours, add on the real view:
+    one ulp apart).
     """
     ops = _DIFF_OPS if differentiable else _OPS
+    real_gradient = dataclasses.replace(c, maximize=False, coupled=False)  # for a complex one, formed below
     for i, param in enumerate(params):
         grad, exp_avg, exp_avg_sq = grads[i], exp_avgs[i], exp_avg_sqs[i]
         max_exp_avg_sq = max_exp_avg_sqs[i] if c.amsgrad else None
+        ci = c
         if torch.is_complex(param):
+            if c.coupled:  # as torch's for-loop: the L2 term added in complex arithmetic, then viewed as real
+                grad = (grad.neg() if c.maximize else grad).add(param, alpha=c.l2)
+                ci = real_gradient
             param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
             if max_exp_avg_sq is not None:
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
-        neg_step_size, bias_correction2_sqrt = step_coefficients(c, state_steps[i].item())
-        adam_update(ops, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c, neg_step_size, bias_correction2_sqrt)
+        neg_step_size, bias_correction2_sqrt = step_coefficients(ci, state_steps[i].item())
+        adam_update(ops, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, ci, neg_step_size, bias_correction2_sqrt)
 
 
 BACKEND = Backend(

@@ -193,11 +193,12 @@ def _stochastic_statistics(device: str) -> dict:
     backends.BACKENDS["loop"]([exact[0]], [exact[1]], [m32], [v32], [], [torch.tensor(1.0)], c)
     triton_formats.step([p], [grad], [state], c, moments=formats.get("bf16"), rounding="stochastic")
     out = {}
-    for name, stored, x in (("param", p, exact[0]), ("exp_avg", state["exp_avg"], m32), ("exp_avg_sq", state["exp_avg_sq"], v32)):
+    stored = (("param", p, exact[0]), ("exp_avg", state["exp_avg"], m32), ("exp_avg_sq", state["exp_avg_sq"], v32))
+    for name, values, x in stored:
         x = float(x)
         lo = torch.tensor([x]).view(torch.int32).bitwise_and(-65536).view(torch.float32).item()
         hi = torch.tensor([lo]).to(torch.bfloat16).view(torch.int16).add(1).view(torch.bfloat16).float().item()
-        values = stored.float().cpu()
+        values = values.float().cpu()
         out[name] = {
             "exact": x,
             "lo": lo,
@@ -371,27 +372,34 @@ def test_unsupported_reason(dtype, moments, rounding, words):
 
 
 @pytest.mark.parametrize(
-    ("env", "expected"),
+    ("kernel", "env", "expected"),
     [
-        ({}, (1024, 4)),
-        ({"DECOUPLED_TRITON_FORMAT_BLOCK": "4096", "DECOUPLED_TRITON_FORMAT_NUM_WARPS": "8"}, (4096, 8)),
-        ({"DECOUPLED_TRITON_FORMAT_BLOCK": "1000"}, "power of two"),
-        ({"DECOUPLED_TRITON_FORMAT_BLOCK": "128"}, "power of two >= 256"),
-        ({"DECOUPLED_TRITON_FORMAT_NUM_WARPS": "six"}, "1, 2, 4"),
+        ("formats", {}, (1024, 4)),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "4096", "DECOUPLED_TRITON_FORMAT_NUM_WARPS": "8"}, (4096, 8)),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "1000"}, "power of two"),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "128"}, "power of two >= 256"),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_NUM_WARPS": "six"}, "1, 2, 4"),
+        ("backend", {}, (1024, 4)),
+        ("backend", {"DECOUPLED_TRITON_BLOCK": "2048", "DECOUPLED_TRITON_NUM_WARPS": "8"}, (2048, 8)),
+        ("backend", {"DECOUPLED_TRITON_NUM_WARPS": "64"}, "1, 2, 4"),
     ],
 )
-def test_launch_config_from_environment(monkeypatch, env, expected):
+def test_launch_config_from_environment(monkeypatch, kernel, env, expected):
+    """Block size and warps per program of both Triton kernels, read at launch (tuning runs)."""
+    from decoupled.backends import triton as triton_backend
     from decoupled.formats import triton as triton_formats
 
-    for key in BIG_BLOCK:
-        monkeypatch.delenv(key, raising=False)
+    for key in os.environ:
+        if key.startswith("DECOUPLED_TRITON_"):
+            monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    config = triton_formats.launch_config if kernel == "formats" else triton_backend.launch_config
     if isinstance(expected, tuple):
-        assert triton_formats.launch_config() == expected
+        assert config() == expected
     else:
         with pytest.raises(ValueError, match=expected):
-            triton_formats.launch_config()
+            config()
 
 
 if __name__ == "__main__":

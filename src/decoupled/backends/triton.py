@@ -13,7 +13,8 @@ exactly the rule's branches).
 Multi-tensor launch: instead of one launch per tensor (148 launches for GPT-2), every launch
 covers a whole list. The host builds a table of the tensors' addresses and a table of blocks
 (tensor index, first element), both cached while the tensors stay the same, and each program
-updates ``BLOCK`` elements of one tensor. Tensors that differ in step count (and so in bias
+updates ``BLOCK`` elements of one tensor with ``NUM_WARPS`` warps (both settable through the
+environment for tuning, :func:`launch_config`). Tensors that differ in step count (and so in bias
 correction) go to separate launches.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter,
@@ -31,6 +32,9 @@ import torch
 from ..rule import GroupCoefficients, step_coefficients
 
 BLOCK = 1024
+"""Elements per program by default; ``DECOUPLED_TRITON_BLOCK`` overrides it (:func:`launch_config`)."""
+NUM_WARPS = 4
+"""Warps per program by default; ``DECOUPLED_TRITON_NUM_WARPS`` overrides it."""
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_SIZE = 16
@@ -39,6 +43,32 @@ _CACHE_SIZE = 16
 def interpreting() -> bool:
     """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _env_int(name: str, default: int, ok, what: str) -> int:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    value = int(text) if text.strip().isdigit() else -1
+    if not ok(value):
+        raise ValueError(f"{name}={text!r}: expected {what}")
+    return value
+
+
+def launch_config(
+    prefix: str = "DECOUPLED_TRITON", block: int = BLOCK, num_warps: int = NUM_WARPS, min_block: int = 128
+) -> tuple[int, int]:
+    """``(elements per program, warps per program)`` of the next launch: the defaults, unless the
+    environment sets ``{prefix}_BLOCK`` (a power of two >= ``min_block``) or ``{prefix}_NUM_WARPS``
+    (1 to 32, a power of two). Read at every launch, so a tuning run can try several in one process."""
+
+    def power(x: int) -> bool:
+        return x > 0 and x & (x - 1) == 0
+
+    return (
+        _env_int(f"{prefix}_BLOCK", block, lambda x: power(x) and x >= min_block, f"a power of two >= {min_block}"),
+        _env_int(f"{prefix}_NUM_WARPS", num_warps, lambda x: power(x) and x <= 32, "1, 2, 4, 8, 16 or 32"),
+    )
 
 
 def unsupported_reason(params) -> str | None:
@@ -65,9 +95,9 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
-def _tables(lists: list[list[torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, ...]:
+def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple[torch.Tensor, ...]:
     """Address table, element counts, and the (tensor, first element) of every block; cached."""
-    key = (device, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
+    key = (device, block, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -76,7 +106,7 @@ def _tables(lists: list[list[torch.Tensor]], device: torch.device) -> tuple[torc
     block_tensor: list[int] = []
     block_start: list[int] = []
     for i, n in enumerate(numels):
-        starts = range(0, n, BLOCK)
+        starts = range(0, n, block)
         block_tensor += [i] * len(starts)
         block_start += starts
     tables = (
@@ -100,7 +130,8 @@ def _launch(
     if not c.amsgrad:
         lists = [*lists[:4], exp_avg_sqs]  # the kernel never reads the 5th row then
     device = params[0].device
-    ptrs, numels, block_tensor, block_start = _tables(lists, device)
+    block, num_warps = launch_config()
+    ptrs, numels, block_tensor, block_start = _tables(lists, device, block)
     if block_tensor.numel() == 0:
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
@@ -116,6 +147,8 @@ def _launch(
             neg_step_size,
             bias_correction2_sqrt,
             aligned,
+            block,
+            num_warps,
         )
 
 
@@ -126,7 +159,18 @@ def _nothing():
 
 
 def _kernel_call(
-    adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned
+    adam_kernel,
+    ptrs,
+    numels,
+    block_tensor,
+    block_start,
+    lists,
+    c,
+    neg_step_size,
+    bias_correction2_sqrt,
+    aligned,
+    block,
+    num_warps,
 ):
     params, grads, exp_avgs, exp_avg_sqs = lists[:4]
     adam_kernel[(block_tensor.numel(),)](
@@ -153,7 +197,8 @@ def _kernel_call(
         MAXIMIZE=c.maximize,
         ALIGNED=aligned,
         ROUND_BY_HAND=interpreting(),
-        BLOCK=BLOCK,
+        BLOCK=block,
+        num_warps=num_warps,
     )
 
 

@@ -11,13 +11,13 @@ Non-contiguous tensors go through contiguous copies.
 from __future__ import annotations
 
 import functools
-import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ...backends import triton as triton_backend
 from ...rule import GroupCoefficients, step_coefficients
 from ..base import MomentFormat
 from ..blockwise8 import BLOCK as QBLOCK
@@ -37,36 +37,11 @@ _CACHE_SIZE = 16
 _NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _env_int(name: str, default: int, check, what: str) -> int:
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not check(value):
-        raise ValueError(f"{name}={text!r}: expected {what}")
-    return value
-
-
 def launch_config() -> tuple[int, int]:
     """``(BLOCK, num_warps)`` of the next launch, read from the environment at launch time
     (``DECOUPLED_TRITON_FORMAT_BLOCK``: a power of two >= 256; ``..._NUM_WARPS``: 1 to 32, a
     power of two), so a tuning run can try several in one process."""
-    power = lambda x: x > 0 and x & (x - 1) == 0  # noqa: E731
-    block = _env_int(
-        "DECOUPLED_TRITON_FORMAT_BLOCK", DEFAULT_BLOCK, lambda x: power(x) and x >= QBLOCK, "a power of two >= 256"
-    )
-    warps = _env_int(
-        "DECOUPLED_TRITON_FORMAT_NUM_WARPS", DEFAULT_NUM_WARPS, lambda x: power(x) and x <= 32, "1, 2, 4, 8, 16 or 32"
-    )
-    return block, warps
+    return triton_backend.launch_config("DECOUPLED_TRITON_FORMAT", DEFAULT_BLOCK, DEFAULT_NUM_WARPS, QBLOCK)
 
 
 def unsupported_reason(moments: MomentFormat, rounding: str, params) -> str | None:
@@ -86,7 +61,7 @@ def unsupported_reason(moments: MomentFormat, rounding: str, params) -> str | No
         reason = rounding_reason(rounding, p)
         if reason is not None:
             return reason
-        if not (p.device.type == "cuda" or (p.device.type == "cpu" and interpreting())):
+        if not (p.device.type == "cuda" or (p.device.type == "cpu" and triton_backend.interpreting())):
             return (
                 f"the Triton executor runs on CUDA GPUs (or on CPU tensors under TRITON_INTERPRET=1, for "
                 f"testing), got a parameter on {p.device.type}; use the default executor"
@@ -252,7 +227,7 @@ def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_co
             PARAM_ROUNDING=rounding_code,
             RANDOM_WORDS=random_words,
             ALIGNED=aligned,
-            ROUND_BY_HAND=interpreting(),
+            ROUND_BY_HAND=triton_backend.interpreting(),
             ROWS=block // QBLOCK,
             num_warps=num_warps,
         )

@@ -402,5 +402,20 @@ def test_launch_config_from_environment(monkeypatch, kernel, env, expected):
             config()
 
 
+def test_bench_lists_the_executor_rows_without_a_gpu():
+    """``decoupled bench`` has a ``backend='triton'`` row for every timed format, listed with the
+    executor's reason where it cannot run (here: no CUDA GPU)."""
+    import torch
+
+    from decoupled.bench import peers
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("this process runs the interpreter, which takes CPU tensors")
+    rows = peers.decoupled_contenders(torch.device("cpu"), [torch.float32, torch.bfloat16])
+    mine = [c for c in rows if "backend='triton'" in c.name]
+    assert len(mine) == sum(1 for fs in peers.FORMATS.values() for f in fs if f.get("backend") == "triton") == 5
+    assert all(c.skip and "CUDA" in c.skip for c in mine), [(c.name, c.skip) for c in mine]
+
+
 if __name__ == "__main__":
     _main(sys.argv[1] if len(sys.argv) > 1 else "cpu")

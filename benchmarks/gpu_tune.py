@@ -20,6 +20,7 @@ bytes of each format: parameter read and written, gradient read, every state ten
 written. ``first s``: the first call, compile included.
 
     python benchmarks/gpu_tune.py --out DIR [--size 128M] [--deadline 150]
+    python benchmarks/gpu_tune.py --out /tmp/warm --size 64k --warm   # compile first (in parallel)
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class Run:
             fn()  # compiles
             _sync(self.device)
             first = time.perf_counter() - start
+            if self.args.warm:
+                print(f"compiled {row} in {first:.1f} s", flush=True)
+                return
             ms = time_ms(fn, self.device)
         except Exception as err:  # record it and go on: one failing kernel must not end the run
             self.result["errors"].append({**row, "error": f"{type(err).__name__}: {err}"[:400]})
@@ -271,14 +275,22 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--deadline", type=float, default=150.0, help="seconds; later measurements are skipped")
     parser.add_argument("--grid", default=",".join(f"{b}x{w}" for b, w in GRID), help="BLOCKxWARPS,...")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="only compile every kernel variant once (Triton caches them on disk for the timed run; use a small "
+        "--size, which compiles the same kernels)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     grid = [tuple(int(x) for x in item.split("x")) for item in args.grid.split(",") if item]
     run = Run(args, device)
-    steps = [("bandwidth", lambda: bandwidth(run))]
-    steps += [(f"torch fused {d}", lambda d=d: torch_fused(run, d)) for d in ("float32", "bfloat16")]
-    if device.type == "cuda":
-        steps.append(("bitsandbytes AdamW8bit", lambda: bitsandbytes_8bit(run)))
+    steps = []
+    if not args.warm:
+        steps.append(("bandwidth", lambda: bandwidth(run)))
+        steps += [(f"torch fused {d}", lambda d=d: torch_fused(run, d)) for d in ("float32", "bfloat16")]
+        if device.type == "cuda":
+            steps.append(("bitsandbytes AdamW8bit", lambda: bitsandbytes_8bit(run)))
     steps.append(("triton backend default", lambda: triton_backend(run, None, None)))
     steps += [(f"formats.triton {c} default", lambda c=c: format_executor(run, c, None, None)) for c in FORMATS]
     steps += [(f"triton backend {b}x{w}", lambda b=b, w=w: triton_backend(run, b, w)) for b, w in grid]
@@ -293,8 +305,9 @@ def main() -> int:
         step()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    run.write()
-    print((run.out / "tune.md").read_text())
+    if not args.warm:
+        run.write()
+        print((run.out / "tune.md").read_text())
     return 0
 
 

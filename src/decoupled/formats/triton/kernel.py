@@ -28,18 +28,18 @@ NEAREST, KAHAN, STOCHASTIC = 0, 1, 2
 
 
 @triton.jit
-def _nearest(x, DTYPE: tl.constexpr, ROUND_BY_HAND: tl.constexpr):
-    """fp32 ``x`` in ``DTYPE``, rounded to nearest even.
+def _nearest(ptr, x, ROUND_BY_HAND: tl.constexpr):
+    """fp32 ``x`` in ``ptr``'s element type, rounded to nearest even.
 
     Triton's interpreter truncates fp32 -> bf16 casts (compiled kernels round to nearest even);
     under the interpreter the rounding is done here, on the bits, so the tests check what a GPU
     computes.
     """
-    if ROUND_BY_HAND and DTYPE == tl.bfloat16:
+    if ROUND_BY_HAND and ptr.dtype.element_ty == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
         x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
+    return x.to(ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -96,10 +96,10 @@ def _store_moment(
     elif MOMENTS == 1:
         tl.store(ptr + offs, _stochastic(x, noise), mask=mask)
     else:
-        tl.store(ptr + offs, _nearest(x, ptr.dtype.element_ty, ROUND_BY_HAND), mask=mask)
+        tl.store(ptr + offs, _nearest(ptr, x, ROUND_BY_HAND), mask=mask)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit(do_not_specialize=["num_tensors", "seed"])  # one compiled kernel for any count and key
 def format_kernel(
     ptr_table,  # int64[TABLE_ROWS * T]: addresses, one row per kind of tensor (see the constants)
     numels,  # int64[T]
@@ -178,7 +178,8 @@ def format_kernel(
     noise_a = tl.zeros([ROWS, QBLOCK // GROUP, GROUP], dtype=tl.uint32)  # where no rounding is random
     noise_b = noise_a
     if RANDOM_WORDS >= 1:
-        counter = (pid.to(tl.int64) * ROWS + r) * (QBLOCK // GROUP) + j
+        # a 32-bit counter (Philox-4x32 in every Triton version; unique below 2^33 elements per launch)
+        counter = ((pid.to(tl.int64) * ROWS + r) * (QBLOCK // GROUP) + j).to(tl.uint32)
         a0, a1, a2, a3 = tl.randint4x(seed, counter * RANDOM_WORDS)
         noise_a = tl.where(k == 0, a0, tl.where(k == 1, a1, tl.where(k == 2, a2, a3)))
         if RANDOM_WORDS == 2:
@@ -228,9 +229,9 @@ def format_kernel(
     p = p + tl.div_rn(neg_step_size * m, denom)
 
     if PARAM_ROUNDING == 1:  # Kahan: store the nearest value, keep what rounding lost
-        hi = _nearest(p, p_witness.dtype.element_ty, ROUND_BY_HAND)
+        hi = _nearest(p_ptr, p, ROUND_BY_HAND)
         tl.store(p_ptr + offs, hi, mask=mask)
-        lost = _nearest(p - hi.to(tl.float32), p_witness.dtype.element_ty, ROUND_BY_HAND)
+        lost = _nearest(comp_ptr, p - hi.to(tl.float32), ROUND_BY_HAND)
         tl.store(comp_ptr + offs, lost, mask=mask)
     elif PARAM_ROUNDING == 2:  # moments take word a when they round stochastically
         if MOMENTS == 1:
@@ -238,7 +239,7 @@ def format_kernel(
         else:
             tl.store(p_ptr + offs, _stochastic(p, noise_a & 0xFFFF), mask=mask)
     else:
-        tl.store(p_ptr + offs, _nearest(p, p_witness.dtype.element_ty, ROUND_BY_HAND), mask=mask)
+        tl.store(p_ptr + offs, _nearest(p_ptr, p, ROUND_BY_HAND), mask=mask)
     _store_moment(
         m, m_ptr, m_abs, signed_base, signed_mids, noise_a & 0xFFFF, offs, mask, block_ids, block_mask,
         MOMENTS, ROUND_BY_HAND,

@@ -176,7 +176,8 @@ def _run_case(dtype_name, moments, rounding, convention, amsgrad, maximize, devi
 def _stochastic_statistics(device: str) -> dict:
     """One step from zero state of 8192 equal elements: bf16 moments and bf16 parameters
     rounded stochastically, against the float32 value (the loop backend in fp32). Per lane of a
-    4-element Philox group: the mean of the stored values and the share rounded up."""
+    4-element Philox group (elements 64 apart in a 256-element block): the mean of the stored
+    values and the share rounded up."""
     import torch
 
     from decoupled import backends, formats
@@ -199,14 +200,15 @@ def _stochastic_statistics(device: str) -> dict:
         lo = torch.tensor([x]).view(torch.int32).bitwise_and(-65536).view(torch.float32).item()
         hi = torch.tensor([lo]).to(torch.bfloat16).view(torch.int16).add(1).view(torch.bfloat16).float().item()
         values = values.float().cpu()
+        lanes = values.view(-1, 4, 64)  # per 256-element block, the 4 elements that share a Philox draw
         out[name] = {
             "exact": x,
             "lo": lo,
             "hi": hi,
             "only_neighbours": bool(((values == lo) | (values == hi)).all()),
-            "lane_up": [float((values[j::4] == hi).float().mean()) for j in range(4)],
-            "lane_mean": [float(values[j::4].double().mean()) for j in range(4)],
-            "lanes_agree": float(((values.view(-1, 4) == hi).sum(1) % 4 == 0).float().mean()),
+            "lane_up": [float((lanes[:, k] == hi).float().mean()) for k in range(4)],
+            "lane_mean": [float(lanes[:, k].double().mean()) for k in range(4)],
+            "lanes_agree": float(((lanes == hi).sum(1) % 4 == 0).float().mean()),
         }
     return out
 

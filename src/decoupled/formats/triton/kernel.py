@@ -4,9 +4,9 @@ Kept apart from :mod:`.executor` because ``triton.jit`` decides at decoration ti
 compile or to interpret (``TRITON_INTERPRET=1``), and because importing Triton is not free.
 
 One program updates ``ROWS`` quantization blocks of 256 elements of one tensor, held as a tile
-``[ROWS, 64, 4]``: a row is one block (its absmax is a reduction over the row), and the last
-axis is 4 neighbouring elements, which share one Philox draw (4 x 32 random bits) when a value
-is rounded stochastically. Every value is loaded in its stored form, the update runs in fp32
+``[ROWS, 4, 64]``: a row is one block (its absmax is a reduction over the row), the last axis
+64 consecutive elements (wide, coalesced loads for every dtype), and the 4 elements 64 apart in
+a block share one Philox draw (4 x 32 random bits) when a value is rounded stochastically. Every value is loaded in its stored form, the update runs in fp32
 registers in :func:`decoupled.rule.adam_update`'s order of operations (the fused multiply-adds
 of torch's ``lerp``/``addcmul``, correctly rounded ``sqrt`` and division), and each result is
 stored once in its format.
@@ -86,7 +86,7 @@ def _store_moment(
     that midpoint, or +inf when it lies beyond the bucket), reading a 1 KiB table instead of a
     256 KiB one (``mids`` ends with +inf)."""
     if MOMENTS == 2:
-        absmax = tl.max(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=2), axis=1)
+        absmax = tl.max(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=2), axis=1)  # over the block
         tl.store(absmax_ptr + block_ids, absmax, mask=block_mask)
         y = tl.div_rn(x, tl.where(absmax > 0, absmax, 1.0)[:, None, None])
         bucket = (y.to(tl.uint32, bitcast=True) >> 16).to(tl.int32)
@@ -146,9 +146,9 @@ def format_kernel(
     if ALIGNED:
         start = tl.multiple_of(start, ROWS * QBLOCK)
     r = tl.arange(0, ROWS)[:, None, None]
-    j = tl.arange(0, QBLOCK // GROUP)[None, :, None]
-    k = tl.arange(0, GROUP)[None, None, :]
-    offs = start + (r * QBLOCK + j * GROUP + k)
+    k = tl.arange(0, GROUP)[None, :, None]
+    j = tl.arange(0, QBLOCK // GROUP)[None, None, :]
+    offs = start + (r * QBLOCK + k * (QBLOCK // GROUP) + j)
     mask = offs < n
     block_ids = start // QBLOCK + tl.arange(0, ROWS)
     block_mask = block_ids * QBLOCK < n
@@ -173,9 +173,9 @@ def format_kernel(
     m = _load_moment(m_ptr, m_abs, signed_values, offs, mask, block_ids, block_mask, MOMENTS)
     v = _load_moment(v_ptr, v_abs, unsigned_values, offs, mask, block_ids, block_mask, MOMENTS)
 
-    # random bits: one Philox-4x32 draw per 4 neighbouring elements gives each 32 bits (word a);
+    # random bits: one Philox-4x32 draw per 4 elements (64 apart) gives each 32 bits (word a);
     # a second draw (word b) when more than two values are rounded stochastically
-    noise_a = tl.zeros([ROWS, QBLOCK // GROUP, GROUP], dtype=tl.uint32)  # where no rounding is random
+    noise_a = tl.zeros([ROWS, GROUP, QBLOCK // GROUP], dtype=tl.uint32)  # where no rounding is random
     noise_b = noise_a
     if RANDOM_WORDS >= 1:
         # a 32-bit counter (Philox-4x32 in every Triton version; unique below 2^33 elements per launch)

@@ -404,6 +404,62 @@ def test_launch_config_from_environment(monkeypatch, kernel, env, expected):
             config()
 
 
+# (parameter, moment element types, kernel flags) compiled for Hopper without a GPU
+HOPPER_CASES = [
+    ("fp32", "u8", dict(MOMENTS=2, AMSGRAD=True, CAUTIOUS=True)),
+    ("bf16", "bf16", dict(MOMENTS=1, PARAM_ROUNDING=2, RANDOM_WORDS=2, AMSGRAD=True, MAXIMIZE=True)),
+    ("fp16", "u8", dict(MOMENTS=2, PARAM_ROUNDING=1, HAS_L2=True, HAS_DECAY=False)),
+]
+
+
+def _hopper_signature(arg_names, param: str, moment: str, constants: dict) -> dict[str, str]:
+    """Triton's type string for each kernel argument (``constexpr`` for the flags)."""
+    types = dict(ptr_table="*i64", numels="*i64", block_tensor="*i32", block_start="*i64", absmax_witness="*fp32")
+    types.update(p_witness=f"*{param}", g_witness=f"*{param}", m_witness=f"*{moment}")
+    for table in ("signed", "unsigned"):
+        types.update({f"{table}_values": "*fp32", f"{table}_base": "*u8", f"{table}_mids": "*fp32"})
+    types.update(first_block="i32", num_tensors="i32", seed="i64")
+    return {name: "constexpr" if name in constants else types.get(name, "fp32") for name in arg_names}
+
+
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_kernel_compiles_for_hopper_with_vector_accesses(case):
+    """Triton compiles the kernel for sm_90 here, without a GPU (which catches what its interpreter
+    lets through, such as a global that is not constexpr); in the launch of full blocks every
+    parameter, gradient, moment and compensation stream moves as 8- or 16-byte vectors, which it
+    does not in the launch of tails; nothing spills to local memory."""
+    import re
+
+    import triton
+
+    from decoupled.formats.triton import kernel
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as err:
+        pytest.skip(f"this Triton compiles differently ({err})")
+    param, moment, flags = case
+    counts = {}
+    for even in (True, False):
+        constants = dict(HAS_DECAY=True, HAS_L2=False, CAUTIOUS=False, AMSGRAD=False, MAXIMIZE=False, MOMENTS=0)
+        constants.update(PARAM_ROUNDING=0, RANDOM_WORDS=0, ALIGNED=True, ROUND_BY_HAND=False, ROWS=4, EVEN=even)
+        constants.update(flags)
+        signature = _hopper_signature(kernel.format_kernel.arg_names, param, moment, constants)
+        try:
+            positions = {(list(signature).index(k),): v for k, v in constants.items()}
+            source = ASTSource(kernel.format_kernel, signature, positions)
+        except TypeError as err:
+            pytest.skip(f"this Triton's ASTSource takes other arguments ({err})")
+        options = {"num_warps": 4, "enable_fp_fusion": False}
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        assert "ld.local" not in ptx and "st.local" not in ptx
+        counts[even] = len(re.findall(r"(?:ld|st)\.global\.v[24]", ptx))
+    # parameter and moments read and written, gradient read, compensation read and written
+    streams = 3 + 2 * (2 + flags.get("AMSGRAD", False)) + 2 * (flags.get("PARAM_ROUNDING") == 1)
+    assert counts[True] >= streams and counts[False] == 0, counts
+
+
 def test_bench_lists_the_executor_rows_without_a_gpu():
     """``decoupled bench`` has a ``backend='triton'`` row for every timed format, listed with the
     executor's reason where it cannot run (here: no CUDA GPU)."""

@@ -23,6 +23,7 @@ slow, used by the tests to check the kernel against the loop backend without a G
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict, defaultdict
 from typing import cast
@@ -95,25 +96,25 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
-def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple[torch.Tensor, ...]:
-    """Address table, element counts, and the (tensor, first element) of every block; cached."""
+def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple:
+    """Address table, element counts, the (tensor, first element) of every block, full blocks
+    first, and how many blocks are full; cached."""
     key = (device, block, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
     numels = [t.numel() for t in lists[0]]
-    block_tensor: list[int] = []
-    block_start: list[int] = []
-    for i, n in enumerate(numels):
-        starts = range(0, n, block)
-        block_tensor += [i] * len(starts)
-        block_start += starts
+    full = [(i, start) for i, n in enumerate(numels) for start in range(0, n - block + 1, block)]
+    tails = [(i, n // block * block) for i, n in enumerate(numels) if n % block]
+    block_tensor = [i for i, _ in full + tails]
+    block_start = [start for _, start in full + tails]
     tables = (
         torch.tensor([t.data_ptr() for ts in lists for t in ts], dtype=torch.int64, device=device),
         torch.tensor(numels, dtype=torch.int64, device=device),
         torch.tensor(block_tensor, dtype=torch.int32, device=device),
         torch.tensor(block_start, dtype=torch.int64, device=device),
+        len(full),
     )
     _CACHE[key] = tables
     if len(_CACHE) > _CACHE_SIZE:
@@ -131,75 +132,44 @@ def _launch(
         lists = [*lists[:4], exp_avg_sqs]  # the kernel never reads the 5th row then
     device = params[0].device
     block, num_warps = launch_config()
-    ptrs, numels, block_tensor, block_start = _tables(lists, device, block)
+    ptrs, numels, block_tensor, block_start, num_full = _tables(lists, device, block)
     if block_tensor.numel() == 0:
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
-    with torch.cuda.device(device) if device.type == "cuda" else _nothing():
-        _kernel_call(
-            adam_kernel,
-            ptrs,
-            numels,
-            block_tensor,
-            block_start,
-            lists,
-            c,
-            neg_step_size,
-            bias_correction2_sqrt,
-            aligned,
-            block,
-            num_warps,
-        )
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _kernel_call(
-    adam_kernel,
-    ptrs,
-    numels,
-    block_tensor,
-    block_start,
-    lists,
-    c,
-    neg_step_size,
-    bias_correction2_sqrt,
-    aligned,
-    block,
-    num_warps,
-):
-    params, grads, exp_avgs, exp_avg_sqs = lists[:4]
-    adam_kernel[(block_tensor.numel(),)](
-        ptrs,
-        numels,
-        block_tensor,
-        block_start,
-        len(params),
-        params[0],
-        grads[0],
-        exp_avgs[0],
-        exp_avg_sqs[0],
-        c.decay_factor,
-        c.l2,
-        1 - c.beta1,
-        c.beta2,
-        1 - c.beta2,
-        c.eps,
-        neg_step_size,
-        bias_correction2_sqrt,
-        HAS_DECAY=c.decays,
-        HAS_L2=c.coupled,
-        AMSGRAD=c.amsgrad,
-        MAXIMIZE=c.maximize,
-        ALIGNED=aligned,
-        ROUND_BY_HAND=interpreting(),
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        # the full blocks (whose masks the compiler sees are all true: vector loads), then the tails
+        for first, count, even in ((0, num_full, True), (num_full, block_tensor.numel() - num_full, False)):
+            if count:
+                adam_kernel[(count,)](
+                    ptrs,
+                    numels,
+                    block_tensor,
+                    block_start,
+                    first,
+                    len(params),
+                    params[0],
+                    grads[0],
+                    exp_avgs[0],
+                    exp_avg_sqs[0],
+                    c.decay_factor,
+                    c.l2,
+                    1 - c.beta1,
+                    c.beta2,
+                    1 - c.beta2,
+                    c.eps,
+                    neg_step_size,
+                    bias_correction2_sqrt,
+                    HAS_DECAY=c.decays,
+                    HAS_L2=c.coupled,
+                    AMSGRAD=c.amsgrad,
+                    MAXIMIZE=c.maximize,
+                    ALIGNED=aligned,
+                    EVEN=even,
+                    ROUND_BY_HAND=interpreting(),
+                    BLOCK=block,
+                    num_warps=num_warps,
+                    enable_fp_fusion=False,  # round every product as torch does; only the rule's FMAs fuse
+                )
 
 
 def _steps(state_steps: list[torch.Tensor]) -> list[float]:

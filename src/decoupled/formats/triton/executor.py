@@ -10,6 +10,7 @@ Non-contiguous tensors go through contiguous copies.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
@@ -106,25 +107,25 @@ def _steps(states: list[Mapping[str, Any]]) -> list[float]:
     return torch.stack([s.to(torch.float64, copy=False).reshape(()) for s in steps]).tolist()  # one sync
 
 
-def _tables(rows: list[list[torch.Tensor]], block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Address table, element counts, and the (tensor, first element) of every program; cached."""
+def _tables(rows: list[list[torch.Tensor]], block: int, device: torch.device) -> tuple[Any, ...]:
+    """Address table, element counts, the (tensor, first element) of every block, full blocks first,
+    and how many blocks are full; cached while the tensors stay the same."""
     key = (device, block, *(t.data_ptr() for ts in rows for t in ts), *(t.numel() for t in rows[0]))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
     numels = [t.numel() for t in rows[0]]
-    block_tensor: list[int] = []
-    block_start: list[int] = []
-    for i, n in enumerate(numels):
-        starts = range(0, n, block)
-        block_tensor += [i] * len(starts)
-        block_start += starts
+    full = [(i, start) for i, n in enumerate(numels) for start in range(0, n - block + 1, block)]
+    tails = [(i, n // block * block) for i, n in enumerate(numels) if n % block]
+    block_tensor = [i for i, _ in full + tails]
+    block_start = [start for _, start in full + tails]
     tables = (
         torch.tensor([t.data_ptr() for ts in rows for t in ts], dtype=torch.int64, device=device),
         torch.tensor(numels, dtype=torch.int64, device=device),
         torch.tensor(block_tensor, dtype=torch.int32, device=device),
         torch.tensor(block_start, dtype=torch.int64, device=device),
+        len(full),
     )
     _CACHE[key] = tables
     if len(_CACHE) > _CACHE_SIZE:
@@ -183,7 +184,7 @@ def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_co
         for row, t in zip(rows, tensors):
             row.append(t)
     block, num_warps = launch_config()
-    ptrs, numels, block_tensor, block_start = _tables(rows, block, device)
+    ptrs, numels, block_tensor, block_start, num_full = _tables(rows, block, device)
     aligned = all(t.data_ptr() % 16 == 0 for row in rows for t in row)
     stochastic_moments = moment_code == DENSE_STOCHASTIC
     stochastic_param = rounding_code == STOCHASTIC
@@ -191,51 +192,36 @@ def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_co
         random_words = 2 if (stochastic_param or c.amsgrad) else 1
     else:
         random_words = 1 if stochastic_param else 0
-    # a fresh Philox key per launch, from torch's generator (torch.manual_seed repeats runs);
-    # >= 2^32 so that Triton always passes it as a 64-bit integer
+    # a fresh Philox key per group, from torch's generator (torch.manual_seed repeats runs); the
+    # counter is the block's index in the group; >= 2^32 so Triton always passes a 64-bit integer
     seed = int(torch.randint(1 << 32, 1 << 62, (), dtype=torch.int64)) if random_words else 1 << 32
     neg_step_size, bias_correction2_sqrt = step_coefficients(c, step_count)
     books = _codebooks(device)
     absmax_witness = rows[6][0] if quantized else books[0]
-    with torch.cuda.device(device) if device.type == "cuda" else _nothing():
-        format_kernel[(block_tensor.numel(),)](
-            ptrs,
-            numels,
-            block_tensor,
-            block_start,
-            len(indices),
-            rows[0][0],
-            rows[1][0],
-            rows[2][0],
-            absmax_witness,
-            *books,
-            seed,
-            float(c.decay_factor),
-            float(c.l2),
-            1 - float(c.beta1),
-            float(c.beta2),
-            1 - float(c.beta2),
-            float(c.eps),
-            float(neg_step_size),
-            float(bias_correction2_sqrt),
-            HAS_DECAY=bool(c.decays),
-            HAS_L2=bool(c.coupled),
-            CAUTIOUS=bool(getattr(c, "cautious", False)),
-            AMSGRAD=bool(c.amsgrad),
-            MAXIMIZE=bool(c.maximize),
-            MOMENTS=moment_code,
-            PARAM_ROUNDING=rounding_code,
-            RANDOM_WORDS=random_words,
-            ALIGNED=aligned,
-            ROUND_BY_HAND=triton_backend.interpreting(),
-            ROWS=block // QBLOCK,
-            num_warps=num_warps,
-        )
+    args = [ptrs, numels, block_tensor, block_start, 0, len(indices), rows[0][0], rows[1][0], rows[2][0]]
+    args += [absmax_witness, *books, seed]
+    args += [float(c.decay_factor), float(c.l2), 1 - float(c.beta1), float(c.beta2), 1 - float(c.beta2)]
+    args += [float(c.eps), float(neg_step_size), float(bias_correction2_sqrt)]
+    flags = dict(
+        HAS_DECAY=bool(c.decays),
+        HAS_L2=bool(c.coupled),
+        CAUTIOUS=bool(getattr(c, "cautious", False)),
+        AMSGRAD=bool(c.amsgrad),
+        MAXIMIZE=bool(c.maximize),
+        MOMENTS=moment_code,
+        PARAM_ROUNDING=rounding_code,
+        RANDOM_WORDS=random_words,
+        ALIGNED=aligned,
+        ROUND_BY_HAND=triton_backend.interpreting(),
+        ROWS=block // QBLOCK,
+        num_warps=num_warps,
+        enable_fp_fusion=False,  # round every product as torch does; only the rule's explicit FMAs fuse
+    )
+    # the full blocks (whose masks the compiler sees are all true: vector loads), then the tails
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for first, count, even in ((0, num_full, True), (num_full, block_tensor.numel() - num_full, False)):
+            if count:
+                args[4] = first
+                format_kernel[(count,)](*args, EVEN=even, **flags)
     for original, work in write_back:
         original.copy_(work.view(original.shape))
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -17,8 +17,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# rows of the address table, in this order (the executor builds it)
-PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, COMP, EXP_AVG_ABSMAX, EXP_AVG_SQ_ABSMAX, MAX_ABSMAX = range(9)
+# rows of the address table, in this order (the executor builds it); constexpr, as the kernel reads them
+PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, COMP, EXP_AVG_ABSMAX, EXP_AVG_SQ_ABSMAX, MAX_ABSMAX = (
+    tl.constexpr(row) for row in range(9)
+)
 TABLE_ROWS = 9
 
 # MOMENTS: how the moments are stored
@@ -99,12 +101,13 @@ def _store_moment(
         tl.store(ptr + offs, _nearest(ptr, x, ROUND_BY_HAND), mask=mask)
 
 
-@triton.jit(do_not_specialize=["num_tensors", "seed"])  # one compiled kernel for any count and key
+@triton.jit(do_not_specialize=["first_block", "num_tensors", "seed"])  # one kernel for any counts and key
 def format_kernel(
     ptr_table,  # int64[TABLE_ROWS * T]: addresses, one row per kind of tensor (see the constants)
     numels,  # int64[T]
-    block_tensor,  # int32[B]: the tensor each program works on
+    block_tensor,  # int32[B]: the tensor each block belongs to (full blocks first, then the tensors' tails)
     block_start,  # int64[B]: its first element (a multiple of ROWS * 256)
+    first_block,  # the block of program 0 (the launch of tails starts after the full blocks)
     num_tensors,
     p_witness,  # the first tensor of each kind, for the element types (never read)
     g_witness,
@@ -134,22 +137,24 @@ def format_kernel(
     PARAM_ROUNDING: tl.constexpr,
     RANDOM_WORDS: tl.constexpr,  # Philox draws per 4 elements: 0, 1 (m, v or param) or 2
     ALIGNED: tl.constexpr,
+    EVEN: tl.constexpr,  # every program's block lies inside its tensor (the launch of full blocks)
     ROUND_BY_HAND: tl.constexpr,
     ROWS: tl.constexpr,
 ):
     QBLOCK: tl.constexpr = 256
     GROUP: tl.constexpr = 4
-    pid = tl.program_id(0)
+    pid = first_block + tl.program_id(0)  # this block's index in the tables (and its random counter)
     t = tl.load(block_tensor + pid)
     start = tl.load(block_start + pid)
     n = tl.load(numels + t)
-    if ALIGNED:
-        start = tl.multiple_of(start, ROWS * QBLOCK)
+    start = tl.multiple_of(start, ROWS * QBLOCK)
     r = tl.arange(0, ROWS)[:, None, None]
     k = tl.arange(0, GROUP)[None, :, None]
     j = tl.arange(0, QBLOCK // GROUP)[None, None, :]
     offs = start + (r * QBLOCK + k * (QBLOCK // GROUP) + j)
-    mask = offs < n
+    # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
+    # then sees the mask constant over each thread's consecutive elements and loads them as vectors
+    mask = offs < (start + ROWS * QBLOCK if EVEN else n)
     block_ids = start // QBLOCK + tl.arange(0, ROWS)
     block_mask = block_ids * QBLOCK < n
 
@@ -168,6 +173,8 @@ def format_kernel(
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if PARAM_ROUNDING == 1:  # Kahan: the parameter is the sum of the stored value and its compensation
         comp_ptr = tl.load(ptr_table + COMP * num_tensors + t).to(p_witness.dtype)
+        if ALIGNED:
+            comp_ptr = tl.multiple_of(comp_ptr, 16)
         p = p + tl.load(comp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     m = _load_moment(m_ptr, m_abs, signed_values, offs, mask, block_ids, block_mask, MOMENTS)
@@ -205,6 +212,8 @@ def format_kernel(
     second = v
     if AMSGRAD:
         vmax_ptr = tl.load(ptr_table + MAX_EXP_AVG_SQ * num_tensors + t).to(m_witness.dtype)
+        if ALIGNED:
+            vmax_ptr = tl.multiple_of(vmax_ptr, 16)
         vmax_abs = tl.load(ptr_table + MAX_ABSMAX * num_tensors + t).to(absmax_witness.dtype)
         vmax = _load_moment(vmax_ptr, vmax_abs, unsigned_values, offs, mask, block_ids, block_mask, MOMENTS)
         vmax = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)

@@ -177,7 +177,8 @@ def markdown(result: dict) -> str:
         "",
         f"copy {bw.get('copy_gbs', 0):.0f} GB/s, a += b {bw.get('update_gbs', 0):.0f} GB/s (bytes read + written)",
         "",
-        "| kernel | params | moments | rounding | BLOCK | warps | ms | GB/s | % copy | vs fused fp32 | vs fused same dtype | first s |",
+        "| kernel | params | moments | rounding | BLOCK | warps | ms | GB/s | % copy | vs fused fp32 "
+        "| vs fused same dtype | first s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda x, spec: "" if x is None else format(x, spec)  # noqa: E731

@@ -6,10 +6,13 @@ compile or to interpret (``TRITON_INTERPRET=1``), and because importing Triton i
 One program updates ``ROWS`` quantization blocks of 256 elements of one tensor, held as a tile
 ``[ROWS, 4, 64]``: a row is one block (its absmax is a reduction over the row), the last axis
 64 consecutive elements (wide, coalesced loads for every dtype), and the 4 elements 64 apart in
-a block share one Philox draw (4 x 32 random bits) when a value is rounded stochastically. Every value is loaded in its stored form, the update runs in fp32
-registers in :func:`decoupled.rule.adam_update`'s order of operations (the fused multiply-adds
-of torch's ``lerp``/``addcmul``, correctly rounded ``sqrt`` and division), and each result is
-stored once in its format.
+a block share one Philox draw (4 x 32 random bits) when a value is rounded stochastically.
+Every value is loaded in its stored form, the update runs in fp32 registers in
+:func:`decoupled.rule.adam_update`'s order of operations (the fused multiply-adds of torch's
+``lerp``/``addcmul``, correctly rounded ``sqrt`` and division, every other product rounded: the
+executor compiles with ``enable_fp_fusion=False``), and each result is stored once in its format.
+Full blocks and each tensor's partial last block go to two launches (``EVEN``), so that the
+compiler can prove the mask of a full block constant and move it as 16-byte vectors.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ operations (as the triton backend, :mod:`decoupled.backends.triton`). Random bit
 rounding come from Philox-4x32-10 (``tl.randint4x``; Salmon et al., "Parallel random numbers: as
 easy as 1, 2, 3", SC 2011) keyed by a fresh 62-bit seed per launch drawn from torch's default
 generator (so ``torch.manual_seed`` repeats a run) and counted by element: one draw serves four
-elements (32 bits each, 16 per rounded value).
+neighbouring elements (32 bits each, 16 per rounded value).
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (slow; the tests).
 Block size and warps per program: :func:`launch_config`.

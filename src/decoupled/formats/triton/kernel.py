@@ -4,9 +4,12 @@ Kept apart from :mod:`.executor` because ``triton.jit`` decides at decoration ti
 compile or to interpret (``TRITON_INTERPRET=1``), and because importing Triton is not free.
 
 One program updates ``ROWS`` quantization blocks of 256 elements of one tensor, held as a tile
-``[ROWS, 4, 64]``: a row is one block (its absmax is a reduction over the row), the last axis
-64 consecutive elements (wide, coalesced loads for every dtype), and the 4 elements 64 apart in
-a block share one Philox draw (4 x 32 random bits) when a value is rounded stochastically.
+``[ROWS, 64, 4]``: a row is one block (its absmax is a reduction over the row), and the last
+axis 4 consecutive elements, which a thread holds together: they move as one vector (16 bytes
+of fp32, 8 of bf16, 4 of codes) and share one Philox draw (4 x 32 random bits) when a value is
+rounded stochastically. (A ``[ROWS, 4, 64]`` tile gives bf16 and codes wider vectors, but in the
+sm_90 code Triton 3.9 makes of it, fp32 and bf16 tensors of one kernel then take different
+layouts, converted through shared memory, and threads repeat each other's Philox draws.)
 Every value is loaded in its stored form, the update runs in fp32 registers in
 :func:`decoupled.rule.adam_update`'s order of operations (the fused multiply-adds of torch's
 ``lerp``/``addcmul``, correctly rounded ``sqrt`` and division, every other product rounded: the
@@ -152,9 +155,9 @@ def format_kernel(
     n = tl.load(numels + t)
     start = tl.multiple_of(start, ROWS * QBLOCK)
     r = tl.arange(0, ROWS)[:, None, None]
-    k = tl.arange(0, GROUP)[None, :, None]
-    j = tl.arange(0, QBLOCK // GROUP)[None, None, :]
-    offs = start + (r * QBLOCK + k * (QBLOCK // GROUP) + j)
+    j = tl.arange(0, QBLOCK // GROUP)[None, :, None]
+    k = tl.arange(0, GROUP)[None, None, :]
+    offs = start + (r * QBLOCK + j * GROUP + k)
     # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
     # then sees the mask constant over each thread's consecutive elements and loads them as vectors
     mask = offs < (start + ROWS * QBLOCK if EVEN else n)
@@ -183,9 +186,9 @@ def format_kernel(
     m = _load_moment(m_ptr, m_abs, signed_values, offs, mask, block_ids, block_mask, MOMENTS)
     v = _load_moment(v_ptr, v_abs, unsigned_values, offs, mask, block_ids, block_mask, MOMENTS)
 
-    # random bits: one Philox-4x32 draw per 4 elements (64 apart) gives each 32 bits (word a);
+    # random bits: one Philox-4x32 draw per 4 neighbouring elements gives each 32 bits (word a);
     # a second draw (word b) when more than two values are rounded stochastically
-    noise_a = tl.zeros([ROWS, GROUP, QBLOCK // GROUP], dtype=tl.uint32)  # where no rounding is random
+    noise_a = tl.zeros([ROWS, QBLOCK // GROUP, GROUP], dtype=tl.uint32)  # where no rounding is random
     noise_b = noise_a
     if RANDOM_WORDS >= 1:
         # a 32-bit counter (Philox-4x32 in every Triton version; unique below 2^33 elements per launch)

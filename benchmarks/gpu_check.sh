@@ -23,7 +23,8 @@
 #      Triton executor compiled for the GPU against the loop backend / the arena on the same GPU;
 #      parity, float64-reference and state-dict tests with parameters on the GPU
 #      (DECOUPLED_TEST_DEVICE=cuda); the compiled backend's tests. Meanwhile every Triton kernel
-#      variant of phase 2 and the compiled backend's graphs compile once (disk caches serve them later).
+#      variant of phase 2, and the compiled backend's and torchao's graphs at the bench's sizes,
+#      compile once (Triton's and Inductor's disk caches serve them in phases 2 and 3).
 #   2. kernels at 128M, one tensor (100): copy bandwidth, torch's fused step (fp32, bf16),
 #      bitsandbytes AdamW8bit, the triton backend and every format of the Triton executor, over
 #      BLOCK {1024,2048,4096} x num_warps {4,8} -> tune.json, tune.md (benchmarks/gpu_tune.py)
@@ -81,9 +82,9 @@ parity parity_tests tests/test_parity.py &
 parity state_tests tests/test_state_dict.py tests/test_reference.py &
 [ "$device" = cpu ] || parity compiled_tests tests/test_backend_compiled.py &
 run warm_kernels 125 $interp $py benchmarks/gpu_tune.py --warm --out "$work/warm" --size "$warm_size" --grid "$tune_grid" --deadline 110 &
-[ "$device" = cpu ] || run warm_compiled 125 $py benchmarks/bench.py --device "$device" --sizes 512k --layouts single --dtypes fp32,bf16 \
-    --only "backend=compiled,backend='compiled'" --warmup 1 --min-repeats 1 --repeats 1 --rounds 1 --budget 0.01 \
-    --bandwidth-elements 1048576 --out "$work/warm_bench" --no-plot --no-progress &
+[ "$device" = cpu ] || run warm_compiled 125 $py benchmarks/bench.py --device "$device" --sizes "$sizes" --layouts single \
+    --dtypes fp32,bf16 --only "backend=compiled,backend='compiled',torchao.optim" --min-repeats 1 --repeats 1 --rounds 1 \
+    --budget 0.01 --bandwidth-elements 1048576 --out "$work/warm_bench" --no-plot --no-progress &
 wait
 keep triton_tests format_tests parity_tests state_tests warm_kernels
 [ "$device" = cpu ] || keep compiled_tests warm_compiled

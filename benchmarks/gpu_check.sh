@@ -82,9 +82,10 @@ parity parity_tests tests/test_parity.py &
 parity state_tests tests/test_state_dict.py tests/test_reference.py &
 [ "$device" = cpu ] || parity compiled_tests tests/test_backend_compiled.py &
 run warm_kernels 125 $interp $py benchmarks/gpu_tune.py --warm --out "$work/warm" --size "$warm_size" --grid "$tune_grid" --deadline 110 &
+warm_only="backend=compiled,backend='compiled',torchao.optim.AdamW8bit,torchao.optim._AdamW("
 [ "$device" = cpu ] || run warm_compiled 125 $py benchmarks/bench.py --device "$device" --sizes "$sizes" --layouts single \
-    --dtypes fp32,bf16 --only "backend=compiled,backend='compiled',torchao.optim.AdamW8bit,torchao.optim._AdamW(" --min-repeats 1 --repeats 1 --rounds 1 \
-    --budget 0.01 --bandwidth-elements 1048576 --out "$work/warm_bench" --no-plot --no-progress &
+    --dtypes fp32,bf16 --only "$warm_only" --min-repeats 1 --repeats 1 --rounds 1 --budget 0.01 \
+    --bandwidth-elements 1048576 --out "$work/warm_bench" --no-plot --no-progress &
 wait
 keep triton_tests format_tests parity_tests state_tests warm_kernels
 [ "$device" = cpu ] || keep compiled_tests warm_compiled

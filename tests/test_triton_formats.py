@@ -371,6 +371,7 @@ def test_unsupported_reason(dtype, moments, rounding, words):
     p = torch.zeros(8, dtype=getattr(torch, dtype))
     reason = triton_formats.unsupported_reason(formats.get(moments), rounding, [p])
     assert reason is not None and words in reason
+    assert triton_formats.why_not(formats.get(moments), rounding, {("cpu", p.dtype)}) == reason
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ slow, used by the tests to check the kernel against the loop backend without a G
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import OrderedDict, defaultdict
 from typing import cast
@@ -136,40 +135,66 @@ def _launch(
     if block_tensor.numel() == 0:
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+    with torch.cuda.device(device) if device.type == "cuda" else _nothing():
         # the full blocks (whose masks the compiler sees are all true: vector loads), then the tails
         for first, count, even in ((0, num_full, True), (num_full, block_tensor.numel() - num_full, False)):
             if count:
-                adam_kernel[(count,)](
+                _kernel_call(
+                    adam_kernel,
                     ptrs,
                     numels,
                     block_tensor,
                     block_start,
-                    first,
-                    len(params),
-                    params[0],
-                    grads[0],
-                    exp_avgs[0],
-                    exp_avg_sqs[0],
-                    c.decay_factor,
-                    c.l2,
-                    1 - c.beta1,
-                    c.beta2,
-                    1 - c.beta2,
-                    c.eps,
+                    lists,
+                    c,
                     neg_step_size,
                     bias_correction2_sqrt,
-                    HAS_DECAY=c.decays,
-                    HAS_L2=c.coupled,
-                    AMSGRAD=c.amsgrad,
-                    MAXIMIZE=c.maximize,
-                    ALIGNED=aligned,
-                    EVEN=even,
-                    ROUND_BY_HAND=interpreting(),
-                    BLOCK=block,
-                    num_warps=num_warps,
-                    enable_fp_fusion=False,  # round every product as torch does; only the rule's FMAs fuse
+                    aligned,
+                    (first, count, even, block, num_warps),
                 )
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _kernel_call(
+    adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned, how
+):
+    first, count, even, block, num_warps = how  # the launch: its first block, block count, settings
+    params, grads, exp_avgs, exp_avg_sqs = lists[:4]
+    adam_kernel[(count,)](
+        ptrs,
+        numels,
+        block_tensor,
+        block_start,
+        first,
+        len(params),
+        params[0],
+        grads[0],
+        exp_avgs[0],
+        exp_avg_sqs[0],
+        c.decay_factor,
+        c.l2,
+        1 - c.beta1,
+        c.beta2,
+        1 - c.beta2,
+        c.eps,
+        neg_step_size,
+        bias_correction2_sqrt,
+        HAS_DECAY=c.decays,
+        HAS_L2=c.coupled,
+        AMSGRAD=c.amsgrad,
+        MAXIMIZE=c.maximize,
+        ALIGNED=aligned,
+        ROUND_BY_HAND=interpreting(),
+        BLOCK=block,
+        EVEN=even,
+        num_warps=num_warps,
+        enable_fp_fusion=False,  # round every product as torch does; only the rule's FMAs fuse
+    )
 
 
 def _steps(state_steps: list[torch.Tensor]) -> list[float]:

@@ -41,6 +41,6 @@ Block size and warps per program: :func:`launch_config`.
 
 from __future__ import annotations
 
-from .executor import DEFAULT_BLOCK, DEFAULT_NUM_WARPS, launch_config, step, unsupported_reason
+from .executor import DEFAULT_BLOCK, DEFAULT_NUM_WARPS, launch_config, step, unsupported_reason, why_not
 
-__all__ = ["step", "unsupported_reason", "launch_config", "DEFAULT_BLOCK", "DEFAULT_NUM_WARPS"]
+__all__ = ["step", "unsupported_reason", "why_not", "launch_config", "DEFAULT_BLOCK", "DEFAULT_NUM_WARPS"]

@@ -45,29 +45,34 @@ def launch_config() -> tuple[int, int]:
     return triton_backend.launch_config("DECOUPLED_TRITON_FORMAT", DEFAULT_BLOCK, DEFAULT_NUM_WARPS, QBLOCK)
 
 
-def unsupported_reason(moments: MomentFormat, rounding: str, params) -> str | None:
-    """Why the Triton executor cannot run ``params`` with these formats, or None when it can."""
+def why_not(moments: MomentFormat, rounding: str, kinds) -> str | None:
+    """Why the Triton executor cannot run parameters of ``kinds`` (their ``(device type, dtype)``
+    pairs) with these formats, or None when it can."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "the Triton executor needs Triton (pip install triton); use the default executor"
-    for p in params:
-        if p.dtype not in SUPPORTED_DTYPES:
-            return f"the Triton executor runs fp32, bf16 and fp16 parameters, got {p.dtype}; use the default executor"
-        fmt = moments.for_param(p)
-        if isinstance(fmt, Dense) and fmt.dtype_for(p) not in SUPPORTED_DTYPES:
-            return f"the Triton executor stores moments in fp32, bf16 or fp16, got {fmt.dtype_for(p)}"
-        if not isinstance(fmt, (Dense, Blockwise8)):
-            return f"the Triton executor runs dense and 8bit moments, not {fmt.name!r}; use the default executor"
-        reason = rounding_reason(rounding, p)
+    if not isinstance(moments, (Dense, Blockwise8)):
+        return f"the Triton executor runs dense and 8bit moments, not {moments.name!r}; use the default executor"
+    for device, dtype in kinds:
+        if dtype not in SUPPORTED_DTYPES:
+            return f"the Triton executor runs fp32, bf16 and fp16 parameters, got {dtype}; use the default executor"
+        if isinstance(moments, Dense) and (moments.dtype or dtype) not in SUPPORTED_DTYPES:
+            return f"the Triton executor stores moments in fp32, bf16 or fp16, got {moments.dtype}"
+        reason = rounding_reason(rounding, torch.empty(0, dtype=dtype))
         if reason is not None:
             return reason
-        if not (p.device.type == "cuda" or (p.device.type == "cpu" and triton_backend.interpreting())):
+        if not (device == "cuda" or (device == "cpu" and triton_backend.interpreting())):
             return (
                 f"the Triton executor runs on CUDA GPUs (or on CPU tensors under TRITON_INTERPRET=1, for "
-                f"testing), got a parameter on {p.device.type}; use the default executor"
+                f"testing), got a parameter on {device}; use the default executor"
             )
     return None
+
+
+def unsupported_reason(moments: MomentFormat, rounding: str, params) -> str | None:
+    """:func:`why_not` for a list of parameters."""
+    return why_not(moments, rounding, frozenset((p.device.type, p.dtype) for p in params))
 
 
 @functools.cache
@@ -141,9 +146,12 @@ def step(
     *,
     moments: MomentFormat,
     rounding: str,
+    backend: object = None,
 ) -> None:
     """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted
-    state: the same results as :func:`decoupled.formats.execute.step`, one launch per group."""
+    state: the same results as :func:`decoupled.formats.execute.step`, one launch per group.
+    ``backend`` is not used (the kernel runs the update itself); it is accepted so that the
+    formats' registry can call every executor alike."""
     names = _NAMES if c.amsgrad else _NAMES[:2]
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, (p, s) in enumerate(zip(params, _steps(states))):

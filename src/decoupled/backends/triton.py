@@ -45,6 +45,30 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def unsupported_reason(params) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "the triton backend needs Triton (pip install triton); use the fused backend"
+    for p in params:
+        real = torch.view_as_real(p) if torch.is_complex(p) else p
+        if real.dtype not in SUPPORTED_DTYPES:
+            return (
+                f"the triton backend runs fp32, bf16 and fp16 tensors, got {p.dtype}; use the fused or foreach backend"
+            )
+        if p.device.type == "cuda" or (p.device.type == "cpu" and interpreting()):
+            continue
+        return (
+            f"the triton backend runs on CUDA GPUs (or on CPU tensors under TRITON_INTERPRET=1, for "
+            f"testing), got a parameter on {p.device.type}; use the fused backend"
+        )
+    return None
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if torch.is_complex(t) else t
+
+
 def _env_int(name: str, default: int, ok, what: str) -> int:
     text = os.environ.get(name, "")
     if not text:
@@ -69,30 +93,6 @@ def launch_config(
         _env_int(f"{prefix}_BLOCK", block, lambda x: power(x) and x >= min_block, f"a power of two >= {min_block}"),
         _env_int(f"{prefix}_NUM_WARPS", num_warps, lambda x: power(x) and x <= 32, "1, 2, 4, 8, 16 or 32"),
     )
-
-
-def unsupported_reason(params) -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "the triton backend needs Triton (pip install triton); use the fused backend"
-    for p in params:
-        real = torch.view_as_real(p) if torch.is_complex(p) else p
-        if real.dtype not in SUPPORTED_DTYPES:
-            return (
-                f"the triton backend runs fp32, bf16 and fp16 tensors, got {p.dtype}; use the fused or foreach backend"
-            )
-        if p.device.type == "cuda" or (p.device.type == "cpu" and interpreting()):
-            continue
-        return (
-            f"the triton backend runs on CUDA GPUs (or on CPU tensors under TRITON_INTERPRET=1, for "
-            f"testing), got a parameter on {p.device.type}; use the fused backend"
-        )
-    return None
-
-
-def _real(t: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
 def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple:

@@ -121,11 +121,25 @@ def _rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / (a.double().abs().max() or 1.0))
 
 
+def _arena_step(params, grads, states, c, fmt, rounding) -> None:
+    """One step of the arena executor with the loop backend (``formats.execute.step``; named
+    ``formats.arena.run`` once issue 9's registry lands: both spellings until then)."""
+    try:
+        from decoupled.formats import arena
+    except ImportError:
+        from decoupled.formats import execute
+
+        execute.step("loop", params, grads, states, c, moments=fmt, rounding=rounding)
+    else:
+        from decoupled import backends
+
+        arena.run(params, grads, states, c, moments=fmt, rounding=rounding, backend=backends.get("loop"))
+
+
 def _run_case(dtype_name, moments, rounding, convention, amsgrad, maximize, device="cpu") -> dict:
     import torch
 
     from decoupled import formats
-    from decoupled.formats import execute
     from decoupled.formats import triton as triton_formats
 
     dtype, fmt = getattr(torch, dtype_name), formats.get(moments)
@@ -152,7 +166,7 @@ def _run_case(dtype_name, moments, rounding, convention, amsgrad, maximize, devi
         ref_params = [p.clone() for p in params]
         ref_states = [{key: v.clone() for key, v in s.items()} for s in states]
         triton_formats.step(params, grads, states, c, moments=fmt, rounding=rounding)
-        execute.step("loop", ref_params, grads, ref_states, c, moments=fmt, rounding=rounding)
+        _arena_step(ref_params, grads, ref_states, c, fmt, rounding)
         for p, q, s, r in zip(params, ref_params, states, ref_states):
             if not p.numel():
                 continue

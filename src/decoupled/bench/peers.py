@@ -121,7 +121,7 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
             compiles = options.get("backend") == "compiled"
             skip = compile_unavailable(device.type) if compiles else None
             if options.get("backend") == "triton":
-                skip = _triton_format_reason(options, probe[dt])
+                skip = _triton_format_reason(options, device, dt)
             out.append(
                 Contender(
                     f"decoupled.AdamW({text})",
@@ -138,13 +138,13 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
     return out
 
 
-def _triton_format_reason(options: dict[str, str], probe: list[torch.Tensor]) -> str | None:
+def _triton_format_reason(options: dict[str, str], device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the formats' Triton executor cannot run ``options`` here (it needs a CUDA GPU)."""
     from decoupled import formats
     from decoupled.formats import triton as triton_formats
 
     moments = formats.get(options.get("moments", "param"))
-    return triton_formats.unsupported_reason(moments, options.get("param_rounding", "nearest"), probe)
+    return triton_formats.why_not(moments, options.get("param_rounding", "nearest"), {(device.type, dtype)})
 
 
 # The state formats timed (decoupled.formats), by parameter dtype: lower-memory moments for fp32

@@ -61,7 +61,7 @@ run() {
     local name=$1 limit=$2 start=$SECONDS
     shift 2
     timeout "$limit" "$@" > "$work/$name.log" 2>&1
-    echo "== $name: exit $? ($((SECONDS - start)) s)" >> "$work/$name.log"
+    printf '\n== %s: exit %s (%s s)\n' "$name" $? $((SECONDS - start)) >> "$work/$name.log"
 }
 keep() { for name in "$@"; do cat "$work/$name.log" >> "$log"; done; }
 
@@ -79,7 +79,8 @@ parity() {  # NAME FILES...: tests with the scenarios' parameters on the device,
         --timeout 100 "${@:2}"
 }
 parity parity_tests tests/test_parity.py &
-parity state_tests tests/test_state_dict.py tests/test_reference.py &
+parity state_tests tests/test_state_dict.py &
+parity reference_tests tests/test_reference.py &
 [ "$device" = cpu ] || parity compiled_tests tests/test_backend_compiled.py &
 run warm_kernels 125 $interp $py benchmarks/gpu_tune.py --warm --out "$work/warm" --size "$warm_size" --grid "$tune_grid" --deadline 110 &
 warm_only="backend=compiled,backend='compiled',torchao.optim.AdamW8bit,torchao.optim._AdamW("
@@ -87,7 +88,7 @@ warm_only="backend=compiled,backend='compiled',torchao.optim.AdamW8bit,torchao.o
     --dtypes fp32,bf16 --only "$warm_only" --min-repeats 1 --repeats 1 --rounds 1 --budget 0.01 \
     --bandwidth-elements 1048576 --out "$work/warm_bench" --no-plot --no-progress &
 wait
-keep triton_tests format_tests parity_tests state_tests warm_kernels
+keep triton_tests format_tests parity_tests state_tests reference_tests warm_kernels
 [ "$device" = cpu ] || keep compiled_tests warm_compiled
 
 # 2. kernels

@@ -6,6 +6,10 @@
 #
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_site"], timeout_s=570)
 #
+# The bench rows decoupled.AdamW(..., backend='triton') with a format time the formats' Triton
+# executor once the formats' registry routes backend='triton' there (its EXECUTOR record);
+# before, they time the arena with the triton backend. Phase 2 times the executor directly.
+#
 # .gpu_site/ (ignored through .git/info/exclude; about 15 MB) holds the peers the GPU machine
 # lacks (it has no network): bitsandbytes 0.50.2 (only its CUDA 13.0/13.2 and CPU libraries),
 # torchao 0.18.0 (without its _C*.so) and torch-optimi 0.3.3, unpacked from Python 3.12 wheels:

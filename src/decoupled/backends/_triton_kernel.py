@@ -25,12 +25,13 @@ def _store(ptr, x, mask, ROUND_BY_HAND: tl.constexpr):
     tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["first_block", "num_tensors"])
 def adam_kernel(
     ptr_table,  # int64[5 * T]: addresses of param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
     numels,  # int64[T]
-    block_tensor,  # int32[B]: the tensor each program works on
+    block_tensor,  # int32[B]: the tensor each block belongs to (full blocks first, then the tails)
     block_start,  # int64[B]: its first element
+    first_block,  # the block of program 0 (the launch of tails starts after the full blocks)
     num_tensors,
     p_witness,  # the first tensor of each list, for the element types (never read)
     g_witness,
@@ -50,11 +51,12 @@ def adam_kernel(
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    EVEN: tl.constexpr,  # every program's block lies inside its tensor (the launch of full blocks)
     ROUND_BY_HAND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # rule.adam_update, one element per lane, in fp32 registers; same order of operations
-    pid = tl.program_id(0)
+    pid = first_block + tl.program_id(0)
     t = tl.load(block_tensor + pid)
     start = tl.load(block_start + pid)
     n = tl.load(numels + t)
@@ -67,9 +69,11 @@ def adam_kernel(
         g_ptr = tl.multiple_of(g_ptr, 16)
         m_ptr = tl.multiple_of(m_ptr, 16)
         v_ptr = tl.multiple_of(v_ptr, 16)
-        start = tl.multiple_of(start, BLOCK)
+    start = tl.multiple_of(start, BLOCK)
     offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    # full blocks: the bound is the block's end, so the compiler sees the mask constant over each
+    # thread's consecutive elements and loads them as vectors
+    mask = offs < (start + BLOCK if EVEN else n)
 
     p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)

@@ -13,7 +13,8 @@ exactly the rule's branches).
 Multi-tensor launch: instead of one launch per tensor (148 launches for GPT-2), every launch
 covers a whole list. The host builds a table of the tensors' addresses and a table of blocks
 (tensor index, first element), both cached while the tensors stay the same, and each program
-updates ``BLOCK`` elements of one tensor. Tensors that differ in step count (and so in bias
+updates ``BLOCK`` elements of one tensor with ``NUM_WARPS`` warps (both settable through the
+environment for tuning, :func:`launch_config`). Tensors that differ in step count (and so in bias
 correction) go to separate launches.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's interpreter,
@@ -32,6 +33,9 @@ from ..rule import GroupCoefficients, step_coefficients
 from .base import Backend, Kinds
 
 BLOCK = 1024
+"""Elements per program by default; ``DECOUPLED_TRITON_BLOCK`` overrides it (:func:`launch_config`)."""
+NUM_WARPS = 4
+"""Warps per program by default; ``DECOUPLED_TRITON_NUM_WARPS`` overrides it."""
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_SIZE = 16
@@ -66,25 +70,51 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
-def _tables(lists: list[list[torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Address table, element counts, and the (tensor, first element) of every block; cached."""
-    key = (device, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
+def _env_int(name: str, default: int, ok, what: str) -> int:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    value = int(text) if text.strip().isdigit() else -1
+    if not ok(value):
+        raise ValueError(f"{name}={text!r}: expected {what}")
+    return value
+
+
+def launch_config(
+    prefix: str = "DECOUPLED_TRITON", block: int = BLOCK, num_warps: int = NUM_WARPS, min_block: int = 128
+) -> tuple[int, int]:
+    """``(elements per program, warps per program)`` of the next launch: the defaults, unless the
+    environment sets ``{prefix}_BLOCK`` (a power of two >= ``min_block``) or ``{prefix}_NUM_WARPS``
+    (1 to 32, a power of two). Read at every launch, so a tuning run can try several in one process."""
+
+    def power(x: int) -> bool:
+        return x > 0 and x & (x - 1) == 0
+
+    return (
+        _env_int(f"{prefix}_BLOCK", block, lambda x: power(x) and x >= min_block, f"a power of two >= {min_block}"),
+        _env_int(f"{prefix}_NUM_WARPS", num_warps, lambda x: power(x) and x <= 32, "1, 2, 4, 8, 16 or 32"),
+    )
+
+
+def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple:
+    """Address table, element counts, the (tensor, first element) of every block, full blocks
+    first, and how many blocks are full; cached."""
+    key = (device, block, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
     numels = [t.numel() for t in lists[0]]
-    block_tensor: list[int] = []
-    block_start: list[int] = []
-    for i, n in enumerate(numels):
-        starts = range(0, n, BLOCK)
-        block_tensor += [i] * len(starts)
-        block_start += starts
+    full = [(i, start) for i, n in enumerate(numels) for start in range(0, n - block + 1, block)]
+    tails = [(i, n // block * block) for i, n in enumerate(numels) if n % block]
+    block_tensor = [i for i, _ in full + tails]
+    block_start = [start for _, start in full + tails]
     tables = (
         torch.tensor([t.data_ptr() for ts in lists for t in ts], dtype=torch.int64, device=device),
         torch.tensor(numels, dtype=torch.int64, device=device),
         torch.tensor(block_tensor, dtype=torch.int32, device=device),
         torch.tensor(block_start, dtype=torch.int64, device=device),
+        len(full),
     )
     _CACHE[key] = tables
     if len(_CACHE) > _CACHE_SIZE:
@@ -101,23 +131,28 @@ def _launch(
     if not c.amsgrad:
         lists = [*lists[:4], exp_avg_sqs]  # the kernel never reads the 5th row then
     device = params[0].device
-    ptrs, numels, block_tensor, block_start = _tables(lists, device)
+    block, num_warps = launch_config()
+    ptrs, numels, block_tensor, block_start, num_full = _tables(lists, device, block)
     if block_tensor.numel() == 0:
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
     with torch.cuda.device(device) if device.type == "cuda" else _nothing():
-        _kernel_call(
-            adam_kernel,
-            ptrs,
-            numels,
-            block_tensor,
-            block_start,
-            lists,
-            c,
-            neg_step_size,
-            bias_correction2_sqrt,
-            aligned,
-        )
+        # the full blocks (whose masks the compiler sees are all true: vector loads), then the tails
+        for first, count, even in ((0, num_full, True), (num_full, block_tensor.numel() - num_full, False)):
+            if count:
+                _kernel_call(
+                    adam_kernel,
+                    ptrs,
+                    numels,
+                    block_tensor,
+                    block_start,
+                    lists,
+                    c,
+                    neg_step_size,
+                    bias_correction2_sqrt,
+                    aligned,
+                    (first, count, even, block, num_warps),
+                )
 
 
 def _nothing():
@@ -127,14 +162,16 @@ def _nothing():
 
 
 def _kernel_call(
-    adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned
+    adam_kernel, ptrs, numels, block_tensor, block_start, lists, c, neg_step_size, bias_correction2_sqrt, aligned, how
 ):
+    first, count, even, block, num_warps = how  # the launch: its first block, block count, settings
     params, grads, exp_avgs, exp_avg_sqs = lists[:4]
-    adam_kernel[(block_tensor.numel(),)](
+    adam_kernel[(count,)](
         ptrs,
         numels,
         block_tensor,
         block_start,
+        first,
         len(params),
         params[0],
         grads[0],
@@ -155,7 +192,10 @@ def _kernel_call(
         MAXIMIZE=c.maximize,
         ALIGNED=aligned,
         ROUND_BY_HAND=interpreting(),
-        BLOCK=BLOCK,
+        BLOCK=block,
+        EVEN=even,
+        num_warps=num_warps,
+        enable_fp_fusion=False,  # round every product as torch does; only the rule's FMAs fuse
     )
 
 

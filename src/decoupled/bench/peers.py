@@ -119,6 +119,9 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                 return decoupled.AdamW(ps, **options, **HYPER)
 
             compiles = options.get("backend") == "compiled"
+            skip = compile_unavailable(device.type) if compiles else None
+            if options.get("backend") == "triton":
+                skip = _triton_format_reason(options, device, dt)
             out.append(
                 Contender(
                     f"decoupled.AdamW({text})",
@@ -127,7 +130,7 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                     make_format,
                     note="state format",
                     extra={"format": {k: v for k, v in options.items() if k != "backend"}},
-                    skip=compile_unavailable(device.type) if compiles else None,
+                    skip=skip,
                     compiles=compiles,
                     warmup=3 if compiles else 1,
                 )
@@ -135,17 +138,36 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
     return out
 
 
+def _triton_format_reason(options: dict[str, str], device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the formats' Triton executor cannot run ``options`` here (it needs a CUDA GPU)."""
+    from decoupled import formats
+    from decoupled.formats import triton as triton_formats
+
+    moments = formats.get(options.get("moments", "param"))
+    return triton_formats.why_not(moments, options.get("param_rounding", "nearest"), {(device.type, dtype)})
+
+
 # The state formats timed (decoupled.formats), by parameter dtype: lower-memory moments for fp32
 # weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments;
-# the elementwise ones also with backend="compiled" (load, update and store fused).
+# the elementwise ones also with backend="compiled" (load, update and store fused), and every one
+# with backend="triton" (the formats' Triton executor, decoupled.formats.triton: CUDA only).
 FORMATS: dict[torch.dtype, list[dict[str, str]]] = {
-    torch.float32: [{"moments": "bf16"}, {"moments": "bf16", "backend": "compiled"}, {"moments": "8bit"}],
+    torch.float32: [
+        {"moments": "bf16"},
+        {"moments": "bf16", "backend": "compiled"},
+        {"moments": "bf16", "backend": "triton"},
+        {"moments": "8bit"},
+        {"moments": "8bit", "backend": "triton"},
+    ],
     torch.bfloat16: [
         {"param_rounding": "kahan"},
         {"param_rounding": "kahan", "backend": "compiled"},
+        {"param_rounding": "kahan", "backend": "triton"},
         {"param_rounding": "stochastic"},
         {"param_rounding": "stochastic", "backend": "compiled"},
+        {"param_rounding": "stochastic", "backend": "triton"},
         {"moments": "8bit", "param_rounding": "stochastic"},
+        {"moments": "8bit", "param_rounding": "stochastic", "backend": "triton"},
     ],
 }
 

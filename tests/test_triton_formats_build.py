@@ -1,0 +1,159 @@
+"""The formats' Triton executor (:mod:`decoupled.formats.triton`) without running its kernel:
+the 8-bit code lookup it uses, the reasons it gives, its launch settings, the kernel compiled
+for a Hopper GPU (sm_90) here without one, and its rows in ``decoupled bench``.
+
+``tests/test_triton_formats.py`` runs the kernel itself against the arena (under the interpreter,
+and on CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def test_bucket_lookup_through_midpoints_equals_the_threshold_table():
+    """The kernel's ``base[b] + (y > mids[base[b]])`` (midpoints ending with +inf) gives
+    :meth:`Codebook.lookup`'s code at both ends of every one of the 65536 buckets and at random
+    points inside them, for both codebooks."""
+    import torch
+
+    from decoupled.formats.blockwise8 import codebook
+
+    patterns = torch.arange(1 << 16, dtype=torch.int64) << 16
+    offsets = torch.randint(0, 1 << 16, (4, 1 << 16), generator=torch.Generator().manual_seed(0))
+    bits = torch.cat([patterns, patterns | 0xFFFF, *(patterns | offsets)])
+    y = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
+    y = y[torch.isfinite(y)].contiguous()
+    for signed in (True, False):
+        book = codebook(signed)
+        mids = torch.cat([book.midpoints, torch.tensor([torch.inf])])
+        b = y.view(torch.int32).bitwise_right_shift(16).bitwise_and(0xFFFF)
+        below = book.base[b].long()
+        assert torch.equal(below + (y > mids[below]), book.lookup(y).long())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "moments", "rounding", "words"),
+    [
+        ("float64", "param", "nearest", "fp32, bf16 and fp16"),
+        ("float16", "param", "stochastic", "bfloat16"),
+        ("float32", "fp32", "nearest", "CUDA"),
+    ],
+)
+def test_unsupported_reason(dtype, moments, rounding, words):
+    import torch
+
+    from decoupled import formats
+    from decoupled.formats import triton as triton_formats
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") and words == "CUDA":
+        pytest.skip("this process runs the interpreter, which takes CPU tensors")
+    p = torch.zeros(8, dtype=getattr(torch, dtype))
+    reason = triton_formats.unsupported_reason(formats.get(moments), rounding, [p])
+    assert reason is not None and words in reason
+    assert triton_formats.why_not(formats.get(moments), rounding, {("cpu", p.dtype)}) == reason
+
+
+@pytest.mark.parametrize(
+    ("kernel", "env", "expected"),
+    [
+        ("formats", {}, (1024, 4)),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "4096", "DECOUPLED_TRITON_FORMAT_NUM_WARPS": "8"}, (4096, 8)),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "1000"}, "power of two"),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_BLOCK": "128"}, "power of two >= 256"),
+        ("formats", {"DECOUPLED_TRITON_FORMAT_NUM_WARPS": "six"}, "1, 2, 4"),
+        ("backend", {}, (1024, 4)),
+        ("backend", {"DECOUPLED_TRITON_BLOCK": "2048", "DECOUPLED_TRITON_NUM_WARPS": "8"}, (2048, 8)),
+        ("backend", {"DECOUPLED_TRITON_NUM_WARPS": "64"}, "1, 2, 4"),
+    ],
+)
+def test_launch_config_from_environment(monkeypatch, kernel, env, expected):
+    """Block size and warps per program of both Triton kernels, read at launch (tuning runs)."""
+    from decoupled.backends import triton as triton_backend
+    from decoupled.formats import triton as triton_formats
+
+    for key in list(os.environ):
+        if key.startswith("DECOUPLED_TRITON_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = triton_formats.launch_config if kernel == "formats" else triton_backend.launch_config
+    if isinstance(expected, tuple):
+        assert config() == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            config()
+
+
+# (parameter, moment element types, kernel flags) compiled for Hopper without a GPU
+HOPPER_CASES = [
+    ("fp32", "u8", dict(MOMENTS=2, AMSGRAD=True, CAUTIOUS=True)),
+    ("bf16", "bf16", dict(MOMENTS=1, PARAM_ROUNDING=2, RANDOM_WORDS=2, AMSGRAD=True, MAXIMIZE=True)),
+    ("fp16", "u8", dict(MOMENTS=2, PARAM_ROUNDING=1, HAS_L2=True, HAS_DECAY=False)),
+]
+
+
+def _hopper_signature(arg_names, param: str, moment: str, constants: dict) -> dict[str, str]:
+    """Triton's type string for each kernel argument (``constexpr`` for the flags)."""
+    types = dict(ptr_table="*i64", numels="*i64", block_tensor="*i32", block_start="*i64", absmax_witness="*fp32")
+    types.update(p_witness=f"*{param}", g_witness=f"*{param}", m_witness=f"*{moment}")
+    for table in ("signed", "unsigned"):
+        types.update({f"{table}_values": "*fp32", f"{table}_base": "*u8", f"{table}_mids": "*fp32"})
+    types.update(first_block="i32", num_tensors="i32", seed="i64")
+    return {name: "constexpr" if name in constants else types.get(name, "fp32") for name in arg_names}
+
+
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_kernel_compiles_for_hopper_with_vector_stores(case):
+    """Triton compiles the kernel for sm_90 here, without a GPU (which catches what its interpreter
+    lets through, such as a global that is not constexpr); in the launch of full blocks a thread
+    stores its consecutive elements of each stream with one instruction (a vector), where the
+    launch of tails stores them one by one; nothing spills to local memory."""
+    import re
+
+    import triton
+
+    from decoupled.formats.triton import kernel
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as err:
+        pytest.skip(f"this Triton compiles differently ({err})")
+    param, moment, flags = case
+    counts = {}
+    for even in (True, False):
+        constants = dict(HAS_DECAY=True, HAS_L2=False, CAUTIOUS=False, AMSGRAD=False, MAXIMIZE=False, MOMENTS=0)
+        constants.update(PARAM_ROUNDING=0, RANDOM_WORDS=0, ALIGNED=True, ROUND_BY_HAND=False, ROWS=4, EVEN=even)
+        constants.update(flags)
+        signature = _hopper_signature(kernel.format_kernel.arg_names, param, moment, constants)
+        try:
+            positions = {(list(signature).index(k),): v for k, v in constants.items()}
+            source = ASTSource(kernel.format_kernel, signature, positions)
+        except TypeError as err:
+            pytest.skip(f"this Triton's ASTSource takes other arguments ({err})")
+        options = {"num_warps": 4, "enable_fp_fusion": False}
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        assert "ld.local" not in ptx and "st.local" not in ptx
+        counts[even] = len(re.findall(r"st\.global\.", ptx))
+    # a thread's 4 elements of a stream: one store instruction in a full block, 4 in a tail
+    assert 2 * counts[True] <= counts[False], counts
+
+
+def test_bench_lists_the_executor_rows_without_a_gpu():
+    """``decoupled bench`` has a ``backend='triton'`` row for every timed format, listed with the
+    executor's reason where it cannot run (here: no CUDA GPU)."""
+    import torch
+
+    from decoupled.bench import peers
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("this process runs the interpreter, which takes CPU tensors")
+    rows = peers.decoupled_contenders(torch.device("cpu"), [torch.float32, torch.bfloat16])
+    mine = [c for c in rows if "backend='triton'" in c.name]
+    assert len(mine) == sum(1 for fs in peers.FORMATS.values() for f in fs if f.get("backend") == "triton") == 5
+    assert all(c.skip and "CUDA" in c.skip for c in mine), [(c.name, c.skip) for c in mine]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import decoupled
 from cases import BACKEND_CASES
+from scenario import DEVICE
 from decoupled import formats
 from decoupled.formats import arena
 from decoupled.formats.dense import BF16, Dense
@@ -24,6 +25,13 @@ HYPER = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
 # every backend that steps float32 here (the arena runs any of them) and every executor's name
 FLOAT32_BACKENDS = [c.name for c in BACKEND_CASES if c.skip_reason(torch.float32) is None]
 EXECUTOR_BACKENDS = [None] + [e.answers for e in formats.EXECUTORS.values() if e.answers]
+# the executors asked for by name, skipped (with the registry's reason) where they cannot run here
+HERE = frozenset({(DEVICE.type, torch.bfloat16), (DEVICE.type, torch.float32)})
+EXECUTOR_PARAMS = [None] + [
+    pytest.param(e.answers, marks=[pytest.mark.skip(reason=r)] if (r := e.why_not(BF16, "kahan", HERE)) else [])
+    for e in formats.EXECUTORS.values()
+    if e.answers
+]
 
 
 def params_like(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -208,7 +216,7 @@ def _small_updates(rounding: str, dtype=torch.bfloat16, steps=100, backend=None)
     return p, opt
 
 
-@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
+@pytest.mark.parametrize("backend", EXECUTOR_PARAMS)
 def test_bf16_weights_lose_small_updates_with_nearest_and_keep_them_otherwise(backend):
     exact = 1 - 100 * 1e-4  # a constant gradient moves the weight by lr per step
     nearest, _ = _small_updates("nearest", backend=backend)
@@ -236,7 +244,7 @@ def test_kahan_in_fp16_and_no_buffer_for_fp32_weights():
     assert set(opt.state[p32]) == {"step", "exp_avg", "exp_avg_sq"}  # fp32 weights need none
 
 
-@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
+@pytest.mark.parametrize("backend", EXECUTOR_PARAMS)
 def test_bf16_training_with_kahan_tracks_fp32_training(backend):
     """A small regression net in bf16: with nearest rounding the loss stalls well above the fp32
     run's; with Kahan or stochastic rounding it lands within a few percent of it."""
@@ -267,7 +275,7 @@ def test_bf16_training_with_kahan_tracks_fp32_training(backend):
 # ---- bf16 moments --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
+@pytest.mark.parametrize("backend", EXECUTOR_PARAMS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_bf16_moments_stay_close_to_fp32(amsgrad, backend):
     ref = params_like(torch.float32)
@@ -332,7 +340,7 @@ def test_lr_zero_leaves_bf16_weights_unchanged(moments, rounding, wd):
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", EXECUTOR_BACKENDS)
+@pytest.mark.parametrize("backend", EXECUTOR_PARAMS)
 def test_format_checkpoint_round_trip_continues_identically(backend):
     params = params_like(torch.bfloat16)
     opt = decoupled.AdamW(params, moments="fp32", param_rounding="kahan", backend=backend, **HYPER)

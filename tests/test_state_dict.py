@@ -152,3 +152,17 @@ def test_amsgrad_switched_on_mid_run_starts_from_current_v():
     v_now = opt.state[p]["exp_avg_sq"]
     assert torch.equal(opt.state[p]["max_exp_avg_sq"], torch.maximum(v_before, v_now))
     assert not torch.equal(v_before, v_now)
+
+
+def test_a_loaded_optimizer_takes_new_parameters_in_a_later_group():
+    """After a load, the state is a defaultdict as torch's: a parameter that had no state in the
+    checkpoint (not stepped yet when it was saved) gets its state at its first step."""
+    a, b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = decoupled.AdamW([{"params": [a]}, {"params": [b]}])
+    a.grad = torch.ones(3)
+    opt.step()
+    again = decoupled.AdamW([{"params": [a]}, {"params": [b]}])
+    again.load_state_dict(opt.state_dict())
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    again.step()
+    assert again.state[b]["step"].item() == 1 and again.state[a]["step"].item() == 2

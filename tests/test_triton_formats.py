@@ -1,5 +1,5 @@
 """The formats' Triton executor (:mod:`decoupled.formats.triton`) against the arena
-(:func:`decoupled.formats.execute.step` with the loop backend): on the CPU under Triton's
+(:func:`decoupled.formats.arena.run` with the loop backend): on the CPU under Triton's
 interpreter, and compiled on a CUDA GPU when one is present.
 
 ``TRITON_INTERPRET=1`` must be set before Triton decorates the kernel and must not leak into
@@ -71,35 +71,12 @@ BIG_BLOCK_CASE = ("float32", "8bit", "nearest", "adamw", False, False)
 def coefficients(convention: str, lr: float, amsgrad: bool, maximize: bool):
     """The step's GroupCoefficients for ``convention`` (weight decay 0.1, peak lr 3e-2)."""
     from decoupled.conventions import get
-    from decoupled.rule import GroupCoefficients
+    from decoupled.rule import group_coefficients
 
-    conv, wd = get(convention), 0.1
-    decay = 0.0 if conv.coupled else conv.decay_per_step(wd, lr, 3e-2)
-    kw = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, decay_factor=1 - decay, decay_per_lr=decay / lr)
-    kw.update(l2=wd if conv.coupled else 0.0, amsgrad=amsgrad, maximize=maximize)
-    fields = _fields()
-    if "decays" in fields:
-        kw.update(decays=not conv.coupled, coupled=conv.coupled)
-    if "cautious" in fields:
-        return GroupCoefficients(**kw, cautious=conv.cautious)
-    if conv.cautious:  # the rule has no cautious decay yet: the executor reads c.cautious all the same
-
-        @dataclasses.dataclass(frozen=True)
-        class WithCautious(GroupCoefficients):
-            cautious: bool = True
-
-        return WithCautious(**kw)
-    return GroupCoefficients(**kw)
-
-
-def _fields() -> set[str]:
-    from decoupled.rule import GroupCoefficients
-
-    return {f.name for f in dataclasses.fields(GroupCoefficients)}
-
-
-def rule_has_cautious() -> bool:
-    return "cautious" in _fields()
+    return group_coefficients(
+        lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, convention=get(convention), lr_max=3e-2,
+        amsgrad=amsgrad, maximize=maximize,
+    )  # fmt: skip
 
 
 def _bits(t):
@@ -122,18 +99,11 @@ def _rel(a, b) -> float:
 
 
 def _arena_step(params, grads, states, c, fmt, rounding) -> None:
-    """One step of the arena executor with the loop backend (``formats.execute.step``; named
-    ``formats.arena.run`` once issue 9's registry lands: both spellings until then)."""
-    try:
-        from decoupled.formats import arena
-    except ImportError:
-        from decoupled.formats import execute
+    """One step of the arena executor with the loop backend: the reference executor."""
+    from decoupled import backends
+    from decoupled.formats import arena
 
-        execute.step("loop", params, grads, states, c, moments=fmt, rounding=rounding)
-    else:
-        from decoupled import backends
-
-        arena.run(params, grads, states, c, moments=fmt, rounding=rounding, backend=backends.get("loop"))
+    arena.run(params, grads, states, c, moments=fmt, rounding=rounding, backend=backends.get("loop"))
 
 
 def _run_case(dtype_name, moments, rounding, convention, amsgrad, maximize, device="cpu") -> dict:
@@ -242,7 +212,7 @@ def _cautious(device: str) -> dict:
     state = {"step": torch.tensor(3.0), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
     c = coefficients("adamw_cautious", 0.05, False, False)
     plain = coefficients("adamw", 0.05, False, False)  # the same step without decay
-    plain = dataclasses.replace(plain, decay_factor=1.0, **({"decays": False} if "decays" in _fields() else {}))
+    plain = dataclasses.replace(plain, decay_factor=1.0, decays=False)
     p_nd, m_new = p.clone(), m.clone()
     backends.BACKENDS["loop"]([p_nd], [g], [m_new], [v.clone()], [], [torch.tensor(3.0)], plain)
     mask = m_new * p >= 0
@@ -307,8 +277,6 @@ def _check(r: dict, case: tuple, device: str) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c))
 def test_triton_formats_match_arena(results, case):
-    if case[3] == "adamw_cautious" and not rule_has_cautious():
-        pytest.skip("the arena has no cautious decay yet (GroupCoefficients.cautious)")
     _check(results[json.dumps(list(case))], case, results["device"])
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import defaultdict
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -286,7 +287,7 @@ def loaded(
         conventions.normalize_group(group)
         groups.append(group)
         by_index.update({index: (p, group) for index, p in zip(saved["params"], current["params"])})
-    state: dict[torch.Tensor, dict[str, Any]] = {}
+    state: dict[torch.Tensor, dict[str, Any]] = defaultdict(dict)  # as torch's: new parameters get {}
     for index, entry in state_dict["state"].items():
         param, group = by_index[index]
         entry = dict(entry)

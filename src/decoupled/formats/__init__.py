@@ -55,7 +55,7 @@ DEFAULTS = {"moments": "param", "param_rounding": "nearest"}
 
 MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
-EXECUTOR_MODULES = ("arena", "compiled")
+EXECUTOR_MODULES = ("arena", "compiled", "triton")
 """The registry of executors: one module each, defining ``EXECUTOR``."""
 
 EXECUTORS: dict[str, Executor] = {

@@ -1,6 +1,6 @@
 r"""The formats' Triton executor: load, update and store of every format in one GPU kernel.
 
-:mod:`decoupled.formats.execute` runs a formatted step as three passes over memory (load the
+:mod:`decoupled.formats.arena` runs a formatted step as three passes over memory (load the
 stored state to a float32 arena, run the rule, store it back), each a handful of torch ops per
 chunk. Here one Triton kernel does all three for a whole list of tensors in one launch, so each
 stored byte is read once and written once:
@@ -18,7 +18,7 @@ bf16 weights with bf16 moments 14, with Kahan compensation 18, with 8-bit moment
 A memory-bound step takes time in proportion, which is how the formats can be faster than
 torch's fused fp32 step and not only smaller.
 
-What it covers (the same numbers as the arena, :func:`decoupled.formats.execute.step`):
+What it covers (the same numbers as the arena, :func:`decoupled.formats.arena.run`):
 
 * parameters fp32, bf16 or fp16, written to nearest, with Kahan compensation
   (``state["kahan_comp"]``) or stochastically (bf16);
@@ -41,6 +41,15 @@ Block size and warps per program: :func:`launch_config`.
 
 from __future__ import annotations
 
+from ..executor import Executor
 from .executor import DEFAULT_BLOCK, DEFAULT_NUM_WARPS, launch_config, step, unsupported_reason, why_not
 
-__all__ = ["step", "unsupported_reason", "why_not", "launch_config", "DEFAULT_BLOCK", "DEFAULT_NUM_WARPS"]
+EXECUTOR = Executor(
+    "triton",
+    step,
+    "one Triton kernel per list of CUDA tensors: load, update and store of every format fused",
+    why_not=why_not,
+    answers="triton",
+)
+
+__all__ = ["EXECUTOR", "step", "unsupported_reason", "why_not", "launch_config", "DEFAULT_BLOCK", "DEFAULT_NUM_WARPS"]

@@ -149,7 +149,7 @@ def step(
     backend: object = None,
 ) -> None:
     """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted
-    state: the same results as :func:`decoupled.formats.execute.step`, one launch per group.
+    state: the same results as :func:`decoupled.formats.arena.run`, one launch per group.
     ``backend`` is not used (the kernel runs the update itself); it is accepted so that the
     formats' registry can call every executor alike."""
     names = _NAMES if c.amsgrad else _NAMES[:2]

@@ -101,7 +101,8 @@ keep tune
 
 # 3. bench, one tensor
 only="decoupled.AdamW(,backend=fused,backend=triton,backend=compiled,bitsandbytes.optim.AdamW8bit"
-only="$only,torchao.optim.AdamW8bit,torchao.optim._AdamW(,optimi.AdamW(triton)"
+only="$only,torchao.optim.AdamW8bit,torchao.optim._AdamW(,cautious_decay,decay_scaling"
+[ "$device" = cpu ] || only="$only,optimi.AdamW(triton)"  # optimi's Triton kernels: a CUDA contender only
 run bench_single 190 $py benchmarks/bench.py --device "$device" --sizes "$sizes" --layouts single --dtypes fp32,bf16 \
     --only "$only" --budget 0.3 --rounds 2 --bandwidth-elements "$bw" --out "$work/bench_single" --no-plot --no-progress
 keep bench_single

@@ -61,11 +61,7 @@ def coefficients():
     """AdamW's coefficients (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 1e-2)."""
     from decoupled.rule import group_coefficients
 
-    kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2)
-    try:
-        return group_coefficients(**kw)  # the convention defaults to torch's AdamW
-    except TypeError:  # before issue 9's vocabulary: the convention is a required keyword
-        return group_coefficients(**kw, decay="decoupled")
+    return group_coefficients(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2)  # torch's AdamW
 
 
 def time_ms(fn, device: torch.device) -> float:
@@ -211,7 +207,7 @@ def bandwidth(run: Run) -> None:
 
 
 def torch_fused(run: Run, dtype_name: str) -> None:
-    if backends.unsupported_reason("fused", [torch.empty(1, device=run.device)], differentiable=False) is not None:
+    if backends.get("fused").unsupported_reason(frozenset({(run.device.type, getattr(torch, dtype_name))})):
         return
     p, g = run.params(getattr(torch, dtype_name))
     m, v, step = torch.zeros_like(p), torch.zeros_like(p), torch.tensor(10.0)

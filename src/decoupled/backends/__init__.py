@@ -56,7 +56,19 @@ def candidates(kinds: Kinds) -> list[Backend]:
 
 def resolve(name: str, kinds: Kinds, *, differentiable: bool = False, cautious: bool = False) -> Backend:
     """The backend to run: ``name`` itself (Unsupported with the reason if it cannot run these
-    tensors), or for ``auto`` the best-ranked candidate that can."""
+    tensors), or for ``auto`` the best-ranked candidate that can. Answers are remembered (the
+    step asks once per group and step; a few distinct questions per run)."""
+    key = (name, kinds, differentiable, cautious)
+    backend = _RESOLVED.get(key)
+    if backend is None:
+        backend = _RESOLVED[key] = _resolve(name, kinds, differentiable=differentiable, cautious=cautious)
+    return backend
+
+
+_RESOLVED: dict[tuple, Backend] = {}
+
+
+def _resolve(name: str, kinds: Kinds, *, differentiable: bool, cautious: bool) -> Backend:
     options = dict(differentiable=differentiable, cautious=cautious)
     if name == "auto":
         for backend in candidates(kinds):

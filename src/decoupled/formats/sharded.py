@@ -16,6 +16,7 @@ so in-place writes reach the DTensor state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +24,19 @@ import torch
 
 
 def is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor``."""
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (the class is looked up once, on
+    first use: the step asks for every tensor)."""
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+@functools.cache
+def _dtensor_class() -> type | None:
     if not torch.distributed.is_available():
-        return False
+        return None
     from torch.distributed.tensor import DTensor
 
-    return isinstance(t, DTensor)
+    return DTensor
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

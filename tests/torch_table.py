@@ -2,8 +2,7 @@
 ships in the torch wheel) for Adam and AdamW, and what our tests need from it.
 
 torch's table is imported as it is; its ``common_utils`` imports ``expecttest`` (a torch test
-dependency that a plain torch install lacks), so a stand-in with the one name the import
-needs (``expecttest.TestCase``) is registered when the real package is missing.
+dependency that a plain torch install lacks, in the ``test`` extra here).
 
 Implementations: torch selects one with ``foreach``/``fused``/``differentiable``; the same
 flags select ours. Where both sides run the same implementation the numbers are the same to
@@ -14,22 +13,14 @@ the table's ``toleranceOverride`` for a test).
 from __future__ import annotations
 
 import copy
-import sys
-import types
 import unittest
 import unittest.mock
 from dataclasses import dataclass, field
 
 import torch
+from torch.testing._internal import common_optimizers as table
 
 import decoupled
-
-try:
-    import expecttest  # noqa: F401
-except ImportError:  # a plain torch install: the table's imports need only this name
-    sys.modules["expecttest"] = types.SimpleNamespace(TestCase=unittest.TestCase)  # type: ignore[assignment]
-
-from torch.testing._internal import common_optimizers as table  # noqa: E402
 
 NAMES = ("Adam", "AdamW")
 INFOS = {info.name: info for info in table.optim_db if info.name in NAMES}

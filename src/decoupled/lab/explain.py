@@ -92,7 +92,7 @@ class Recorder:
                 step_d.append(d.detach().flatten())
         if step_d:
             d = torch.cat(step_d)
-            q = torch.quantile(d[:: max(1, d.numel() // 20_000)], torch.tensor([0.1, 0.5, 0.9], dtype=d.dtype))
+            q = torch.quantile(d[:: max(1, d.numel() // 4096)], torch.tensor([0.1, 0.5, 0.9], dtype=d.dtype))
             for name, v in zip(("mean", "p10", "median", "p90"), (d.mean(), q[0], q[1], q[2])):
                 self.schedule[name].append(float(v))
         self._remember(opt)
@@ -155,7 +155,7 @@ def explain(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # the lab's models are small: one thread, as in compare's workers
     data = task.data(seed).limit_train(max_train)
     n = data.train[0].shape[0]
     steps = math.ceil(n / min(task.batch_size, n)) * (epochs or task.epochs)

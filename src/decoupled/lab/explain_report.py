@@ -28,7 +28,7 @@ def _spread(conv: str) -> bool:
 
 def histograms(per_conv: dict[str, Any]) -> bytes:
     """Per decayed tensor: each weight's mean decay per step (log10), histogram or one line per convention."""
-    plt = plots._plt()
+    plt = plots.pyplot()
     names = list(next(iter(per_conv.values()))["tensors"])
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
@@ -54,7 +54,7 @@ def histograms(per_conv: dict[str, Any]) -> bytes:
 
 def deciles_and_norms(per_conv: dict[str, Any], summary: dict[str, Any]) -> bytes:
     """Left: median decay per step by gradient-history decile. Right: final norm of each decayed tensor."""
-    plt = plots._plt()
+    plt = plots.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     x = np.arange(1, 11)
     for i, conv in enumerate(summary):
@@ -83,7 +83,7 @@ def deciles_and_norms(per_conv: dict[str, Any], summary: dict[str, Any]) -> byte
 
 def schedule(summary: dict[str, Any]) -> bytes:
     """The decay per step each convention applied at each step, over all decayed weights."""
-    plt = plots._plt()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, (conv, s) in enumerate(summary.items()):
         sched = s["schedule"]

@@ -222,6 +222,7 @@ class Runner:
         self._bar = _Progress(label, enabled=progress)
         self._pool: cf.ProcessPoolExecutor | None = None
         self._local = False
+        self._counted: set[str] = set()  # cells already counted by the progress bar
 
     def __enter__(self) -> Runner:
         self._bar.__enter__()
@@ -238,7 +239,9 @@ class Runner:
     def run(self, cells: list[Cell]) -> Iterator[dict[str, Any]]:
         """Run the cells not yet in the store; yield each result as it lands (after storing it)."""
         todo = [c for c in cells if c.key not in self.store.runs]
-        self._bar.add(len(cells) - len(todo), len(todo))
+        new = [c for c in cells if c.key not in self._counted]
+        self._counted.update(c.key for c in new)
+        self._bar.add(sum(c.key in self.store.runs for c in new), len(todo))
         if not todo:
             return
         if self.workers <= 1:

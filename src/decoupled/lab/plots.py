@@ -30,7 +30,8 @@ def color(conv: str, i: int = 0) -> str:
     return COLORS.get(conv, _FALLBACK[i % len(_FALLBACK)])
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, with the lab's style."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -76,7 +77,7 @@ def heatmaps(table: dict, found: dict, metric: str, *, percent: bool, units: dic
     grid points) a white dot, or an open square when it is still on the edge of its row. Diverged
     cells are grey with a cross. All panels share one colour scale.
     """
-    plt = _plt()
+    plt = pyplot()
     convs = list(found)
     scale = 100.0 if percent else 1.0
     finite = [c["test"] * scale for conv in convs for c in table[conv].values() if math.isfinite(c["test"])]
@@ -135,7 +136,7 @@ def best_wd_vs_lr(found: dict, ylabels: dict[str, str]) -> bytes:
     edge (left out of the fit). Solid: the least-squares fit; grey dashed and dotted: slopes 0 and -1
     through the centre of the fit, for reference.
     """
-    plt = _plt()
+    plt = pyplot()
     convs = [c for c in found if found[c]["best_wd_per_lr"]]
     fig, axes = plt.subplots(1, max(1, len(convs)), figsize=(3.9 * max(1, len(convs)), 3.8), squeeze=False)
     for i, (ax, conv) in enumerate(zip(axes[0], convs)):
@@ -180,7 +181,7 @@ def learning_curves(
     ``label`` names the metric on the axes (default: the key ``metric``). Lines go from thick to
     thin in drawing order, so curves that coincide (identical runs) stay visible.
     """
-    plt = _plt()
+    plt = pyplot()
     name = label or metric
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.7))
     scale = 100.0 if percent else 1.0

@@ -40,15 +40,8 @@ def _load(name: str):
         raise
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, whose errors (a bad value, an unknown flag) are one line and exit code 2, like the rest."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="decoupled",
         description="AdamW done right: experiments, checks and benchmarks for decoupled weight decay.",
     )

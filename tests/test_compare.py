@@ -189,3 +189,35 @@ def test_splits_validate():
     with pytest.raises(ValueError, match="must match"):
         Splits(train=(torch.zeros(3, 1), torch.zeros(2)), val=s.val, test=s.test)
     assert isinstance(load_task("digits"), DigitsTask) and isinstance(load_task(DigitsTask), Task)
+
+
+#: The conventions this build of decoupled.AdamW can construct (corrected and cautious need its new keywords).
+HAS_NEW = "decay_scaling" in __import__("inspect").signature(__import__("decoupled").AdamW).parameters
+NEW = pytest.mark.skipif(not HAS_NEW, reason="decoupled.AdamW has no decay_scaling=/cautious_decay= in this build")
+
+
+@pytest.mark.parametrize("key", [k if k in DEFAULT_CONVENTIONS else pytest.param(k, marks=NEW) for k in CONVENTIONS])
+def test_each_convention_builds_the_optimizer_it_names(key):
+    import torch
+
+    from decoupled.conventions import of_group
+    from decoupled.lab.train import make_optimizer
+
+    opt = make_optimizer(key, torch.nn.Linear(3, 2), lr=1e-2, weight_decay=0.1)
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
+    assert decayed and all(of_group(g).key == key for g in decayed)
+    assert all(g.get("lr_max", 1e-2) == 1e-2 for g in decayed)  # the peak lr, where the full decay applies
+
+
+@NEW
+def test_new_conventions_run_through_compare(tmp_path):
+    res = compare(
+        "digits",
+        out=tmp_path,
+        workers=2,
+        conventions=["adamw_corrected", "adamw_cautious"],
+        **{**TINY, "wds": {"adamw_corrected": [0.1, 1.0], "adamw_cautious": [0.1, 1.0]}},
+    )
+    assert [row["convention"] for row in res["findings_table"]] == ["adamw_corrected", "adamw_cautious"]
+    assert {r["convention"] for r in res["runs"]} == {"adamw_corrected", "adamw_cautious"} and len(res["runs"]) == 8
+    assert all(f["fitted"] == "lr·wd" for f in res["findings"].values())  # decay at peak lr: lr·wd

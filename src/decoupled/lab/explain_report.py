@@ -86,7 +86,8 @@ def schedule(summary: dict[str, Any]) -> bytes:
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, (conv, s) in enumerate(summary.items()):
-        sched = s["schedule"]
+        # a step with lr 0 (the first of a warmup) removes nothing: not drawn on the log axis
+        sched = {k: np.where(np.asarray(v) > 0, v, np.nan) for k, v in s["schedule"].items()}
         steps = np.arange(1, len(sched["mean"]) + 1)
         col = plots.color(conv, i)
         if CONVENTIONS[conv].coupled:

@@ -6,11 +6,13 @@ r"""The findings of ``decoupled compare``, computed from the runs of a grid.
    looks at the test split.
 
 2. **How the best weight decay moves with the learning rate.** For each lr (a row of the grid)
-   the best wd is the minimum of the validation metric along the row, refined between grid points
-   by the parabola through the lowest cell and its two neighbours (in :math:`\log_{10}` wd). A
-   row whose lowest cell is its first or last wd has its optimum *on the edge*: the true one may
-   lie beyond it, so that row is a bound, not a measurement (``compare`` extends such rows, and
-   leaves the ones still on an edge out of the fit, by name).
+   the best wd is the minimum of the validation metric (mean over seeds) along the row, refined
+   between grid points by the parabola through the lowest cell and its two neighbours (in
+   :math:`\log_{10}` wd); each seed's optimum is the minimum of its own parabola through the same
+   three cells (a seed's noise then cannot carry it to another dip of a flat valley). A row
+   whose lowest cell is its first or last wd has its optimum *on the edge*: the true one may lie
+   beyond it, so that row is a bound, not a measurement (``compare`` extends such rows, and leaves
+   the ones still on an edge out of the fit, by name).
 
    The slope :math:`s` is the least-squares slope of :math:`\log_{10} D^*` against
    :math:`\log_{10}\gamma` over every (seed, lr) optimum of the interior rows, where :math:`D`
@@ -82,24 +84,27 @@ def cell_table(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[tuple[
     return table
 
 
-def row_optimum(wds: list[float], values: list[float]) -> tuple[float, str | None]:
+def row_optimum(wds: list[float], values: list[float], at: int | None = None) -> tuple[float, str | None]:
     """The best wd of one row (``wds`` ascending) and where it is: ``(wd*, None)`` inside the row,
     ``(wd, "low")`` / ``(wd, "high")`` on its first / last wd.
 
-    Inside, wd* is the vertex of the parabola through the lowest cell and its neighbours, in
-    log10(wd); it lies between those neighbours.
+    Inside, wd* is the minimum of the parabola through the lowest cell and its two neighbours, in
+    log10(wd), within those neighbours (the middle cell itself if the three points do not curve up).
+    ``at`` gives that bracket's middle instead of the row's lowest cell: each seed's optimum is
+    taken within the bracket of the mean over seeds, so that one seed's noise cannot move it to
+    another dip of the row.
     """
-    j = min(range(len(values)), key=lambda i: values[i])
+    j = min(range(len(values)), key=lambda i: values[i]) if at is None else at
     if j == 0 or j == len(values) - 1:
         return wds[j], ("low" if j == 0 else "high") if len(values) > 1 else "low"
     x = np.log10(wds[j - 1 : j + 2])
     y = np.asarray(values[j - 1 : j + 2], dtype=float)
     if not np.isfinite(y).all():
-        return wds[j], None
-    # vertex of the parabola through three points (x ascending, y[1] lowest)
+        return wds[j - 1 + int(np.argmin(y))], None
+    # the parabola through three points (x ascending): its curvature and vertex
     d1, d2 = (y[0] - y[1]) / (x[0] - x[1]), (y[2] - y[1]) / (x[2] - x[1])
     curvature = (d2 - d1) / (x[2] - x[0])
-    if curvature <= 0:
+    if curvature <= 0:  # no minimum inside (a seed's three cells, see ``at``): the middle cell
         return wds[j], None
     vertex = 0.5 * (x[1] + x[2]) - d2 / (2 * curvature)
     return float(10 ** np.clip(vertex, x[0], x[2])), None
@@ -180,9 +185,9 @@ def findings(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
             if all(math.isinf(v) for v in values):
                 continue  # every run at this lr diverged
             wd, edge = row_optimum(wds, values)
-            seeds = sorted(set.intersection(*(set(c["val_by_seed"]) for c in row)))
-            per_seed = [row_optimum(wds, [c["val_by_seed"][s] for c in row])[0] for s in seeds]
             j = int(np.argmin(values))
+            seeds = sorted(set.intersection(*(set(c["val_by_seed"]) for c in row)))
+            per_seed = [] if edge else [row_optimum(wds, [c["val_by_seed"][s] for c in row], at=j)[0] for s in seeds]
             per_lr.append(
                 {"lr": lr, "wd": wd, "wd_cell": wds[j], "val": _finite(values[j]), "edge": edge, "per_seed": per_seed}
             )

@@ -21,7 +21,7 @@ it finishes: what a rerun resumes from) and the figures as PNG.
 Python::
 
     from decoupled.lab import compare
-    result = compare("nextchar", out="runs/compare-nextchar", seeds=2)
+    result = compare("nextchar", out="runs/compare-nextchar", seeds=3)
     result["findings"]["adamw_indep"]["slope_interval"]
 """
 
@@ -52,7 +52,7 @@ def compare(
     lrs: list[float] | None = None,
     wds: dict[str, list[float]] | None = None,
     conventions: list[str] | None = None,
-    seeds: int = 2,
+    seeds: int = 3,
     seed: int = 0,
     epochs: int | None = None,
     metric: str | None = None,
@@ -229,7 +229,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_CONVENTIONS),
         help=f"comma-separated, any of {','.join(CONVENTIONS)} (default: {','.join(DEFAULT_CONVENTIONS)})",
     )
-    p.add_argument("--seeds", type=positive_int, default=2, help="runs per cell (default 2)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="runs per cell (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed; also fixes the data split (default 0)")
     p.add_argument("--epochs", type=positive_int, help="override the task's epochs")
     p.add_argument("--metric", help="metric to select and report (default: the task's)")

@@ -75,7 +75,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _slope(row: dict[str, Any]) -> str:
     if row["slope"] is None:
         return "n/a"
-    text = f"{row['fitted']}: {row['slope']:+.2f}"
+    coupled = row["convention"] in CONVENTIONS and CONVENTIONS[row["convention"]].coupled
+    text = f"{'λ' if coupled else row['fitted']}: {row['slope']:+.2f}"
     if row["slope_interval"] is not None:
         lo, hi = row["slope_interval"]
         text += f" [{lo:+.2f}, {hi:+.2f}]"

@@ -1,20 +1,21 @@
-"""`decoupled compare` end to end on a tiny grid, plus the analysis on known tables."""
+"""`decoupled compare` end to end on a tiny grid: report, findings table, resume, extension."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from decoupled.cli import main
-from decoupled.lab import analysis
-from decoupled.lab.compare import compare
+from decoupled.conventions import CONVENTIONS
+from decoupled.lab import compare_report
+from decoupled.lab.compare import _extensions, compare
 from decoupled.lab.digits import DigitsTask, shift_images
-from decoupled.lab.tasks import CONVENTIONS, Splits, Task, load_task, lr_multiplier
+from decoupled.lab.tasks import DEFAULT_CONVENTIONS, Splits, Task, load_task, lr_multiplier, units_of
 
 TINY = dict(
     lrs=[1e-3, 1e-2],
@@ -22,6 +23,8 @@ TINY = dict(
     epochs=1,
     max_train=128,
     progress=False,
+    extend=0,
+    seeds=1,
 )
 
 
@@ -31,39 +34,45 @@ def tiny(tmp_path_factory):
     return out, compare("digits", out=out, workers=1, **TINY)
 
 
-def test_report_and_json(tiny):
+def test_report_json_and_console_show_one_findings_table(tiny, capsys):
     out, res = tiny
     html = (out / "report.html").read_text()
-    assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == 3
     assert 'src="http' not in html  # self-contained
-    for label in CONVENTIONS.values():
-        assert label.split(" (")[0] in html
-    assert "Best test error per convention" in html and "slope" in html
     data = json.loads((out / "results.json").read_text())
-    assert len(data["runs"]) == 3 * 2 * 2
-    assert {r["convention"] for r in data["runs"]} == set(CONVENTIONS)
-    for r in data["runs"]:
-        assert r["epochs"] == 1 and r["curves"]["epoch"] == [1]
-        assert 0.0 <= r["final"]["test"]["error"] <= 1.0
-    for conv, f in data["findings"].items():
-        assert f["best"]["lr"] in TINY["lrs"] and f["best"]["wd"] in TINY["wds"][conv]
-        assert f["slope_wd"] is not None and math.isfinite(f["slope_wd"])
+    assert len(data["runs"]) == 3 * 2 * 2 and {r["convention"] for r in data["runs"]} == set(DEFAULT_CONVENTIONS)
+    table = data["findings_table"]
+    assert [row["convention"] for row in table] == list(DEFAULT_CONVENTIONS)
+    header, cells = compare_report.cells(data)
+    for row, text in zip(table, cells):
+        assert row["best_lr"] in TINY["lrs"] and row["best_wd"] in TINY["wds"][row["convention"]]
+        assert row["reading"] in ("coupled", "decoupled", "inconclusive", "grows with lr")
+        for cell in text:  # the same words in the HTML table ...
+            assert compare_report.esc(cell) in html
+    compare_report.print_findings(data)
+    console = capsys.readouterr().out
+    for text in cells:  # ... and on the console
+        assert text[0] in console and text[4].rstrip("*") in console
+    for header_cell in header:
+        assert compare_report.esc(header_cell) in html
     for png in ("heatmaps.png", "best_wd.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_skips_finished_runs_and_is_reproducible(tiny, tmp_path):
+def test_resume_repairs_a_cut_off_line_and_loses_nothing(tiny, tmp_path):
     out, first = tiny
     again = compare("digits", out=out, workers=1, **TINY)
     assert again["runs_reused"] == 12  # nothing retrained
-    # an interrupted grid: keep 5 of the 12 lines, resume with 2 worker processes
     lines = (out / "runs.jsonl").read_text().splitlines()
     part = tmp_path / "part"
     part.mkdir()
     (part / "settings.json").write_text((out / "settings.json").read_text())
-    (part / "runs.jsonl").write_text("\n".join(lines[:5]) + '\n{"truncated')
+    (part / "runs.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])  # killed mid-append
     resumed = compare("digits", out=part, workers=2, **TINY)
     assert resumed["runs_reused"] == 5
+    stored = (part / "runs.jsonl").read_text().splitlines()
+    assert len(stored) == 12 and all(json.loads(line) for line in stored)  # no run glued to the fragment
+    assert compare("digits", out=part, workers=1, **TINY)["runs_reused"] == 12
     by_key = {r["key"]: r["final"] for r in first["runs"]}
     for r in resumed["runs"]:  # same seed -> same numbers, whichever process ran it
         assert r["final"] == by_key[r["key"]]
@@ -75,98 +84,87 @@ def test_other_settings_are_refused(tiny):
         compare("digits", out=out, workers=1, **{**TINY, "epochs": 2})
 
 
-def test_bad_input_gives_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown convention"):
-        compare("digits", out=tmp_path, conventions=["sgd"], **{k: v for k, v in TINY.items()})
-    with pytest.raises(ValueError, match="positive"):
-        compare("digits", out=tmp_path, **{**TINY, "lrs": [0.0, 1e-3]})
-    with pytest.raises(ValueError, match="unknown task"):
-        load_task("no-such-task")
-    assert main(["compare", "--lrs", "abc"]) == 2  # one line on stderr, no usage text
+def test_default_output_goes_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = compare("digits", workers=1, conventions=["adamw"], **{**TINY, "lrs": [1e-3]})
+    assert res["paths"]["report"] == str(Path("runs", "compare-digits", "report.html"))
+    assert (tmp_path / "runs" / "compare-digits" / "results.json").is_file()
+
+
+def test_rows_on_an_edge_are_extended_within_the_budget(tmp_path):
+    res = compare(
+        "digits", out=tmp_path, workers=1, conventions=["adamw_indep"], **{**TINY, "lrs": [1e-3], "extend": 2}
+    )
+    ext = res["extension"]
+    assert ext["budget_runs"] == 2 and ext["runs"] == len(ext["added"]) <= 2
+    trained = {r["wd"] for r in res["runs"]}
+    assert trained == set(TINY["wds"]["adamw_indep"]) | {e["wd"] for e in ext["added"]}
+    f = res["findings"]["adamw_indep"]
+    row = f["best_wd_per_lr"][0]
+    assert (row["edge"] is not None) == (f["excluded_lrs"] == [1e-3])
+
+
+@pytest.mark.parametrize(
+    "edge, row, budget, expected",
+    [
+        ("low", [1e-3, 1e-2], 4, [1e-4]),  # one step of the row's axis beyond its edge
+        ("high", [1e-3, 1e-2], 4, [1e-1]),
+        ("high", [1e-3, 1e-2], 1, []),  # two seeds per cell: a budget of one run buys nothing
+        (None, [1e-3, 1e-2, 1e-1], 4, []),  # interior: nothing to do
+        ("high", [0.1, 0.5], 4, []),  # the next step would decay the whole weight per step (wd >= 1)
+    ],
+)
+def test_extension_steps(edge, row, budget, expected):
+    found = {"adamw_indep": {"best_wd_per_lr": [{"lr": 1e-3, "edge": edge}]}}
+    new = _extensions(found, {"adamw_indep": {1e-3: row}}, budget, per_cell=2)
+    assert [wd for _, _, wd in new] == pytest.approx(expected)
+
+
+def test_every_convention_has_an_axis_in_its_units():
+    task = load_task("nextchar")
+    for key in CONVENTIONS:
+        assert task.grid_wds(key) == task.grid_wds(units_of(key))
+    assert units_of("adamw_corrected") == "adamw" and units_of("adamw_indep") == "adamw_indep"
 
 
 def test_user_task_from_file(tmp_path):
+    from decoupled.cli import main
+
     src = tmp_path / "mytask.py"
+    (tmp_path / "helper.py").write_text("N_CLASSES = 3\n")  # a sibling module the task imports
     src.write_text(
         "import torch\n"
         "from decoupled.lab import Task, Splits\n"
+        "from helper import N_CLASSES\n"
         "class Blobs(Task):\n"
         "    name = 'blobs'\n"
         "    epochs = 1\n"
         "    batch_size = 32\n"
+        "    lrs = (1e-3, 1e-2)\n"
+        "    wds = {'adam_l2': (1e-3, 1e-2), 'adamw': (0.01, 0.1), 'adamw_indep': (1e-4, 1e-3)}\n"
         "    def data(self, seed):\n"
         "        g = torch.Generator().manual_seed(seed)\n"
-        "        y = torch.randint(0, 3, (150,), generator=g)\n"
+        "        y = torch.randint(0, N_CLASSES, (150,), generator=g)\n"
         "        x = torch.randn(150, 5, generator=g) + y[:, None].float()\n"
         "        return Splits.from_tensors(x, y, seed=seed)\n"
         "    def model(self):\n"
-        "        return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
+        "        return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, N_CLASSES))\n"
     )
-    code = main(
-        [
-            "compare",
-            "--task",
-            f"{src}:Blobs",
-            "--out",
-            str(tmp_path / "o"),
-            "--lrs",
-            "1e-3,1e-2",
-            "--wd-adam-l2",
-            "1e-3,1e-2",
-            "--wd-adamw",
-            "0.01,0.1",
-            "--wd-adamw-indep",
-            "1e-4,1e-3",
-            "--workers",
-            "1",
-            "--no-progress",
-        ]
-    )
-    assert code == 0
+    args = ["compare", "--task", f"{src}:Blobs", "--out", str(tmp_path / "o"), "--no-progress", "--extend", "0"]
+    assert main(args + ["--workers", "2", "--seeds", "1"]) == 0  # the workers import the same file
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["task"]["name"] == "blobs" and len(data["runs"]) == 12
 
 
-def _runs(conv, best_wd_of_lr, lrs, wds, n_val=1000):
-    """Fake runs whose val error is lowest at best_wd_of_lr(lr), growing away from it."""
-    runs = []
-    for lr in lrs:
-        for wd in wds:
-            err = 0.05 + 0.02 * abs(math.log10(wd) - math.log10(best_wd_of_lr(lr)))
-            final = {"val": {"error": err, "loss": err}, "test": {"error": err + 0.001, "loss": err}}
-            runs.append(
-                {"convention": conv, "lr": lr, "wd": wd, "seed": 0, "diverged": False, "final": final, "n_val": n_val}
-            )
-    return runs
+def test_slope_reading_on_a_real_grid_matches_its_interval(tiny):
+    _, res = tiny
+    from decoupled.lab import analysis
 
-
-def test_slope_on_known_tables():
-    lrs = [1e-4, 1e-3, 1e-2]
-    wds = [10.0**k for k in range(-8, 1)]
-    runs = _runs("adam_l2", lambda lr: 1e-5 / lr * 1e-3, lrs, wds) + _runs("adamw_indep", lambda lr: 1e-3, lrs, wds)
-    found = analysis.findings(runs, "error")
-    assert found["adam_l2"]["slope_wd"] == pytest.approx(-1.0)
-    assert found["adamw_indep"]["slope_wd"] == pytest.approx(0.0, abs=1e-9)
-    assert found["adamw_indep"]["best"]["wd"] == 1e-3
-    assert found["adam_l2"]["edge_hits"] == 0
-    assert "coupled" in analysis.interpret_slope(-1.0) and "decoupled" in analysis.interpret_slope(0.0)
-
-
-def test_one_standard_error_rule_prefers_the_strongest_equivalent_decay():
-    # errors 5%, 5.1%, 5.2%, 9% over four wds; SE at 5% on 1000 examples is ~0.7%
-    row = [
-        {"lr": 1e-3, "wd": w, "val": v, "val_loss": v, "val_std": 0.0, "seeds": [0], "n_val": 1000}
-        for w, v in zip([1e-4, 1e-3, 1e-2, 1e-1], [0.05, 0.051, 0.052, 0.09])
-    ]
-    assert analysis._one_se_choice(row, "error") == 2
-
-
-def test_diverged_runs_are_worst():
-    runs = _runs("adamw", lambda lr: 0.1, [1e-3, 1e-2], [0.01, 0.1, 1.0])
-    runs[0]["final"] = {"val": {"error": math.nan, "loss": math.nan}, "test": {"error": math.nan, "loss": math.nan}}
-    runs[0]["diverged"] = True
-    found = analysis.findings(runs, "error")
-    assert found["adamw"]["best"]["wd"] == 0.1
+    for f in res["findings"].values():
+        assert f["reading"] == analysis.reading(f["slope_interval"])
+        if f["slope"] is not None and f["slope_interval"] is not None:
+            lo, hi = f["slope_interval"]
+            assert lo <= f["slope"] <= hi and math.isfinite(lo)
 
 
 def test_schedule_and_augmentation():
@@ -192,3 +190,35 @@ def test_splits_validate():
     with pytest.raises(ValueError, match="must match"):
         Splits(train=(torch.zeros(3, 1), torch.zeros(2)), val=s.val, test=s.test)
     assert isinstance(load_task("digits"), DigitsTask) and isinstance(load_task(DigitsTask), Task)
+
+
+#: The conventions this build of decoupled.AdamW can construct (corrected and cautious need its new keywords).
+HAS_NEW = "decay_scaling" in __import__("inspect").signature(__import__("decoupled").AdamW).parameters
+NEW = pytest.mark.skipif(not HAS_NEW, reason="decoupled.AdamW has no decay_scaling=/cautious_decay= in this build")
+
+
+@pytest.mark.parametrize("key", [k if k in DEFAULT_CONVENTIONS else pytest.param(k, marks=NEW) for k in CONVENTIONS])
+def test_each_convention_builds_the_optimizer_it_names(key):
+    import torch
+
+    from decoupled.conventions import of_group
+    from decoupled.lab.train import make_optimizer
+
+    opt = make_optimizer(key, torch.nn.Linear(3, 2), lr=1e-2, weight_decay=0.1)
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
+    assert decayed and all(of_group(g).key == key for g in decayed)
+    assert all(g.get("lr_max", 1e-2) == 1e-2 for g in decayed)  # the peak lr, where the full decay applies
+
+
+@NEW
+def test_new_conventions_run_through_compare(tmp_path):
+    res = compare(
+        "digits",
+        out=tmp_path,
+        workers=2,
+        conventions=["adamw_corrected", "adamw_cautious"],
+        **{**TINY, "wds": {"adamw_corrected": [0.1, 1.0], "adamw_cautious": [0.1, 1.0]}},
+    )
+    assert [row["convention"] for row in res["findings_table"]] == ["adamw_corrected", "adamw_cautious"]
+    assert {r["convention"] for r in res["runs"]} == {"adamw_corrected", "adamw_cautious"} and len(res["runs"]) == 8
+    assert all(f["fitted"] == "lr·wd" for f in res["findings"].values())  # decay at peak lr: lr·wd

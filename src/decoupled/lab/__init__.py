@@ -2,8 +2,9 @@
 
 Needs the ``lab`` extra (numpy, scikit-learn, matplotlib, rich). Public pieces:
 
-* :func:`compare`: one model, three weight-decay conventions, an lr x wd grid, an HTML report.
-* :func:`explain`: what Adam + L2 and AdamW really did to each parameter.
+* :func:`compare`: one model under several weight-decay conventions over an lr x wd grid, the
+  findings (does the best wd move with lr? with an interval) and an HTML report.
+* :func:`explain`: what each convention (Adam + L2, AdamW, ...) really did to each parameter.
 * :class:`Task`, :class:`Splits`, :func:`register_task`, :func:`load_task`: plug in your own
   model and data (see :mod:`decoupled.lab.tasks`).
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tasks import CONVENTIONS, Splits, Task, load_task, register_task
+from ..conventions import CONVENTIONS
+from .tasks import Splits, Task, load_task, register_task
 
 __all__ = ["compare", "explain", "Task", "Splits", "CONVENTIONS", "load_task", "register_task"]
 

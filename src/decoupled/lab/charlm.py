@@ -173,7 +173,29 @@ class CharTransformer(nn.Module):
         return self.ln_f(h) @ self.tok.weight.T  # output layer tied to the token embedding
 
 
-class CharLMTask(Task):
+class TextTask(Task):
+    """A task on the text of :func:`load_text`: metric bits per character ("bits/char"), and the
+    text's length and hash recorded in :meth:`settings` (the text changes between Python versions)."""
+
+    metric = "bpc"
+    metric_labels = {"bpc": "bits/char"}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+        """``bpc`` (bits per character), ``loss`` (nats per character) and ``error`` (wrong argmax fraction)."""
+        result = super().evaluate(model, x, y, batch_size=batch_size)
+        return {"bpc": result["loss"] / math.log(2), **result}
+
+    def settings(self) -> dict[str, Any]:
+        text = load_text()
+        return {
+            **super().settings(),
+            "text_chars": len(text),
+            "text_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+        }
+
+
+class CharLMTask(TextTask):
     """Character-level transformer LM on ``pydoc_data.topics``; metric: bits per character.
 
     The model's size and the context can be changed per instance (``CharLMTask(d_model=32,
@@ -201,8 +223,6 @@ class CharLMTask(Task):
         "adamw": (1e-2, 0.1, 1.0, 10.0),
         "adamw_indep": (1e-4, 1e-3, 1e-2, 1e-1),
     }
-    metric = "bpc"
-    metric_labels = {"bpc": "bits/char"}
     explain_defaults = {"lr": 1e-2, "adam_l2": 1e-4, "adamw": 0.1}
 
     _SIZE = ("context", "d_model", "n_layer", "n_head", "chunk", "epochs", "batch_size", "warmup_epochs")
@@ -226,17 +246,6 @@ class CharLMTask(Task):
     def model(self) -> nn.Module:
         return CharTransformer(len(VOCAB), self.context, self.d_model, self.n_layer, self.n_head)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-        """``bpc`` (bits per character), ``loss`` (nats per character) and ``error`` (wrong argmax fraction)."""
-        result = super().evaluate(model, x, y, batch_size=batch_size)
-        return {"bpc": result["loss"] / math.log(2), **result}
-
     def settings(self) -> dict[str, Any]:
-        text = load_text()
-        return {
-            **super().settings(),
-            **{k: getattr(self, k) for k in ("context", "d_model", "n_layer", "n_head", "chunk")},
-            "text_chars": len(text),
-            "text_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
-        }
+        sizes = ("context", "d_model", "n_layer", "n_head", "chunk")
+        return {**super().settings(), **{k: getattr(self, k) for k in sizes}}

@@ -1,4 +1,5 @@
-"""The default task of ``decoupled compare``: handwritten digits with a BatchNorm MLP.
+"""Handwritten digits with a BatchNorm MLP (``--task digits``; the default task is ``nextchar``, whose
+measurements are far less noisy: see :mod:`decoupled.lab.nextchar`).
 
 Data: the 1797 8x8 grey-level digit images bundled with scikit-learn
 (:func:`sklearn.datasets.load_digits`), pixel values scaled to [0, 1], split 60 / 20 / 20 into

@@ -1,22 +1,27 @@
-r"""``decoupled explain``: what Adam + L2 and AdamW really did to each weight.
+r"""``decoupled explain``: what each weight-decay convention really did to each weight.
 
-The same model (same seed, same batches) is trained twice: with Adam + L2 (coupled) and with
-AdamW (decoupled). After every step, for every decayed weight :math:`\theta_i`, the **effective
+The same model (same seed, same batches) is trained once per convention (by default Adam + L2
+and AdamW). After every step t, for every decayed weight :math:`\theta_i`, the **effective
 decay** of that step is recorded: the fraction of the weight that the weight-decay term removed,
 
 .. math::
 
-    d_i^{AdamW}(t) = \gamma_t\lambda, \qquad
-    d_i^{Adam+L2}(t) = \frac{\gamma_t\,\lambda_{L2}}{\sqrt{\hat v_i(t)} + \epsilon}
+    d_i(t) = \begin{cases}
+      \gamma_t\lambda / (\sqrt{\hat v_i(t)} + \epsilon) & \text{Adam + L2 (divided by } \sqrt{\hat v}) \\
+      D(\gamma_t) & \text{decoupled: } \gamma_t\lambda,\ (\gamma_t/\gamma_{max})\lambda,\
+          (\gamma_t^2/\gamma_{max})\lambda \\
+      D(\gamma_t)\,\mathbb 1[m_i(t)\,\theta_i(t-1) \ge 0] & \text{cautious: only where update and weight agree in sign}
+    \end{cases}
 
-(for Adam + L2 the L2 term :math:`\lambda_{L2}\theta` enters the gradient and is divided by
-:math:`\sqrt{\hat v}` like the rest of it; momentum spreads it over steps but does not change its
-sum). The report shows the *mean per-step* effective decay :math:`\bar d_i = \frac1T\sum_t d_i(t)`
-(unitless, per step) of every weight, as histograms per parameter tensor; the same by decile of
-the weight's gradient history :math:`\overline{\sqrt{\hat v_i}}` (the time-averaged RMS gradient,
-gradient units); and the resulting weight norms. In AdamW every weight gets the same decay; in
-Adam + L2, weights with a large gradient history are barely decayed and weights that rarely
-get gradient are decayed hard.
+(:math:`D` is :meth:`decoupled.conventions.Convention.decay_per_step`; for Adam + L2, momentum
+spreads the L2 term over steps but does not change its sum; the Adam update has the sign of
+:math:`m`, so the cautious mask is :math:`m\theta \ge 0`). Units: a fraction per step.
+
+The report shows, per tensor, the *mean per-step* decay :math:`\bar d_i = \frac1T\sum_t d_i(t)`
+of every weight (histograms); the median decay by decile of the weight's gradient history
+:math:`\overline{\sqrt{\hat v_i}}` (time-averaged RMS gradient); the decay per step each
+convention applied over the schedule; for cautious decay the share of each tensor's coordinates
+it decayed; and the final weight norms.
 """
 
 from __future__ import annotations
@@ -31,292 +36,297 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import plots, report
-from .tasks import CONVENTIONS, Task, load_task
+from ..cli.args import UsageError, positive_float, positive_int
+from ..conventions import CONVENTIONS
+from . import report
+from .tasks import Task, load_task, units_of
 from .train import train_run
 
-PAIR = ("adam_l2", "adamw")
+#: What ``explain`` trains unless told otherwise.
+DEFAULT_PAIR = ("adam_l2", "adamw")
 
 
-class _Recorder:
-    """Accumulates, per decayed parameter, the sum over steps of d_i(t) and of sqrt(v_hat_i(t))."""
+class Recorder:
+    """Per decayed parameter: sums over steps of d_i(t), of sqrt(v_hat_i(t)) and, for cautious decay,
+    of the mask; per step: the mean, median, 10th and 90th percentile of d(t) over all decayed weights."""
 
-    def __init__(self, coupled: bool) -> None:
-        self.coupled = coupled
+    def __init__(self, convention: str, progress: Any = None) -> None:
+        self.conv = CONVENTIONS[convention]
+        self.progress = progress
         self.sum_d: dict[int, torch.Tensor] = {}
         self.sum_rms: dict[int, torch.Tensor] = {}
+        self.sum_mask: dict[int, torch.Tensor] = {}
+        self.previous: dict[int, torch.Tensor] = {}
+        self.schedule: dict[str, list[float]] = {"mean": [], "median": [], "p10": [], "p90": []}
         self.steps = 0
 
     def __call__(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        if step == 0:  # before the first step: the names, and theta_0 for the first cautious mask
+            self.model = model
+            self._remember(opt)
+            return
         self.steps += 1
+        step_d = []
         for group in opt.param_groups:
             wd = float(group["weight_decay"])
             if wd <= 0:
                 continue
-            lr = float(group["lr"])
-            beta2, eps = group["betas"][1], group["eps"]
+            lr, beta2, eps = float(group["lr"]), group["betas"][1], group["eps"]
+            lr_max = float(group.get("lr_max") or lr)
             for p in group["params"]:
                 st = opt.state.get(p)
                 if not st:
                     continue
-                t = float(st["step"])
-                rms = (st["exp_avg_sq"] / (1 - beta2**t)).sqrt()
-                d = lr * wd / (rms + eps) if self.coupled else torch.full_like(p, lr * wd)
                 key = id(p)
-                if key not in self.sum_d:
-                    self.sum_d[key] = torch.zeros_like(p, dtype=torch.float64)
-                    self.sum_rms[key] = torch.zeros_like(p, dtype=torch.float64)
-                self.sum_d[key] += d.double()
-                self.sum_rms[key] += rms.double()
-        self.model = model
+                rms = (st["exp_avg_sq"].double() / (1 - beta2 ** float(st["step"]))).sqrt()
+                if self.conv.coupled:
+                    d = lr * wd / (rms + eps)
+                else:
+                    d = torch.full_like(rms, self.conv.decay_per_step(wd, lr, lr_max))
+                if self.conv.cautious:
+                    mask = (st["exp_avg"] * self.previous[key] >= 0).double()
+                    d = d * mask
+                    self.sum_mask[key] = self.sum_mask.get(key, 0) + mask
+                self.sum_d[key] = self.sum_d.get(key, 0) + d
+                self.sum_rms[key] = self.sum_rms.get(key, 0) + rms
+                step_d.append(d.detach().flatten())
+        if step_d:
+            d = torch.cat(step_d)
+            q = torch.quantile(d[:: max(1, d.numel() // 4096)], torch.tensor([0.1, 0.5, 0.9], dtype=d.dtype))
+            for name, v in zip(("mean", "p10", "median", "p90"), (d.mean(), q[0], q[1], q[2])):
+                self.schedule[name].append(float(v))
+        self._remember(opt)
+        if self.progress is not None:
+            self.progress()
+
+    def _remember(self, opt: torch.optim.Optimizer) -> None:
+        if self.conv.cautious:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    self.previous[id(p)] = p.detach().clone()
+
+
+def default_wds(task: Task, lr: float) -> dict[str, float]:
+    """The task's ``explain_defaults`` per convention: the L2 coefficient for Adam + L2, and for every
+    decoupled convention the weight_decay that removes as much per step at peak lr as AdamW's."""
+    d = {"lr": 1e-3, "adam_l2": 1e-2, "adamw": 0.5, **getattr(task, "explain_defaults", {})}
+    out = {}
+    for key in CONVENTIONS:
+        units = units_of(key)
+        out[key] = float(d.get(key) or (d[units] if units != "adamw_indep" else d["adamw"] * lr))
+    return out
 
 
 def explain(
-    task: str | Task = "digits",
+    task: str | Task = "nextchar",
     *,
     out: str | os.PathLike | None = None,
+    conventions: list[str] | None = None,
     lr: float | None = None,
-    wd_adam_l2: float | None = None,
-    wd_adamw: float | None = None,
+    wds: dict[str, float] | None = None,
     epochs: int | None = None,
     seed: int = 0,
     max_train: int | None = None,
+    progress: bool = True,
+    wd_adam_l2: float | None = None,
+    wd_adamw: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``task`` with Adam + L2 and with AdamW, measure each weight's decay, write a report.
+    """Train ``task`` once per convention from the same seed, measure each weight's decay, write a report.
 
-    Defaults come from the task's ``explain_defaults`` (``lr``, ``adam_l2``, ``adamw``) when it
-    has them, else lr 1e-3, L2 1e-2 and AdamW weight_decay 0.5. Returns the ``explain.json``
-    content (summaries per tensor and per decile, and the reading); writes ``report.html``.
+    ``wds`` maps a convention to its weight decay, in its own units (``wd_adam_l2`` and ``wd_adamw``
+    are shorthands); the rest default to the task's ``explain_defaults`` (see :func:`default_wds`).
+    Returns the ``explain.json`` content (summaries per tensor, per decile and per step, and the
+    reading); writes ``report.html``.
     """
     task = load_task(task)
-    defaults = {"lr": 1e-3, "adam_l2": 1e-2, "adamw": 0.5, **getattr(task, "explain_defaults", {})}
-    lr = float(lr or defaults["lr"])
-    wds = {"adam_l2": float(wd_adam_l2 or defaults["adam_l2"]), "adamw": float(wd_adamw or defaults["adamw"])}
-    for name, v in [("lr", lr), *wds.items()]:
+    conventions = list(dict.fromkeys(conventions or DEFAULT_PAIR))
+    for c in conventions:
+        if c not in CONVENTIONS:
+            raise ValueError(f"unknown convention {c!r}; choose from {', '.join(CONVENTIONS)}")
+    lr = float(lr or getattr(task, "explain_defaults", {}).get("lr", 1e-3))
+    given = {**(wds or {}), **{k: v for k, v in (("adam_l2", wd_adam_l2), ("adamw", wd_adamw)) if v is not None}}
+    chosen = {c: float(given.get(c) or default_wds(task, lr)[c]) for c in conventions}
+    for name, v in [("lr", lr), *chosen.items()]:
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a positive number, got {v}")
-    out = Path(out or f"explain-{task.name}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    out = Path(out) if out is not None else Path("runs") / f"explain-{task.name}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # the lab's models are small: one thread, as in compare's workers
     data = task.data(seed).limit_train(max_train)
+    n = data.train[0].shape[0]
+    steps = math.ceil(n / min(task.batch_size, n)) * (epochs or task.epochs)
 
     per_conv: dict[str, Any] = {}
-    for conv in PAIR:
-        rec = _Recorder(coupled=conv == "adam_l2")
-        result = train_run(
-            task, data, convention=conv, lr=lr, weight_decay=wds[conv], seed=seed, epochs=epochs, callback=rec
-        )
-        names = {id(p): n for n, p in rec.model.named_parameters()}
-        tensors = {}
-        for key, s in rec.sum_d.items():
-            p = dict((id(q), q) for q in rec.model.parameters())[key]
-            tensors[names[key]] = {
-                "decay": (s / rec.steps).flatten().numpy(),
-                "rms": (rec.sum_rms[key] / rec.steps).flatten().numpy(),
-                "norm": float(p.detach().double().norm()),
-            }
-        all_norms = {n: float(p.detach().double().norm()) for n, p in rec.model.named_parameters()}
-        per_conv[conv] = {"tensors": tensors, "norms": all_norms, "result": result, "wd": wds[conv]}
+    with _Bar(conventions, steps, enabled=progress) as bar:
+        for conv in conventions:
+            rec = Recorder(conv, progress=bar.step(conv))
+            result = train_run(
+                task, data, convention=conv, lr=lr, weight_decay=chosen[conv], seed=seed, epochs=epochs, callback=rec
+            )
+            per_conv[conv] = _collect(rec, result, chosen[conv])
 
-    summary = _summarize(per_conv)
-    reading = _reading(summary, wds, task)
-    (out / "explain.json").write_text(
-        json.dumps(
-            {
-                "task": task.name,
-                "lr": lr,
-                "weight_decay": wds,
-                "seed": seed,
-                "epochs": per_conv["adamw"]["result"]["epochs"],
-                "summary": summary,
-                "reading": reading,
-                "final": {c: per_conv[c]["result"]["final"] for c in PAIR},
-                "environment": report.environment(),
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    _write_report(out, task, per_conv, summary, reading, lr, wds)
-    return {
+    summary = {c: _summarize(info) for c, info in per_conv.items()}
+    reading = _reading(summary, task)
+    doc = {
+        "task": task.name,
+        "lr": lr,
+        "weight_decay": chosen,
+        "conventions": conventions,
+        "seed": seed,
+        "epochs": per_conv[conventions[0]]["result"]["epochs"],
         "summary": summary,
         "reading": reading,
-        "paths": {"report": str(out / "report.html"), "json": str(out / "explain.json")},
+        "final": {c: per_conv[c]["result"]["final"] for c in conventions},
+        "environment": report.environment(),
+    }
+    (out / "explain.json").write_text(json.dumps(doc, indent=1) + "\n")
+    from .explain_report import write
+
+    write(out, task, per_conv, summary, reading, lr, chosen)
+    return {**doc, "paths": {"report": str(out / "report.html"), "json": str(out / "explain.json")}}
+
+
+def _collect(rec: Recorder, result: dict[str, Any], wd: float) -> dict[str, Any]:
+    names = {id(p): n for n, p in rec.model.named_parameters()}
+    norms = {n: float(p.detach().double().norm()) for n, p in rec.model.named_parameters()}
+    tensors = {}
+    for key, s in rec.sum_d.items():
+        entry = {
+            "decay": (s / rec.steps).flatten().numpy(),
+            "rms": (rec.sum_rms[key] / rec.steps).flatten().numpy(),
+        }
+        if key in rec.sum_mask:
+            entry["share"] = float(rec.sum_mask[key].mean() / rec.steps)
+        tensors[names[key]] = entry
+    return {"tensors": tensors, "norms": norms, "schedule": rec.schedule, "result": result, "wd": wd}
+
+
+def _summarize(info: dict[str, Any]) -> dict[str, Any]:
+    d = np.concatenate([t["decay"] for t in info["tensors"].values()])
+    rms = np.concatenate([t["rms"] for t in info["tensors"].values()])
+    edges = np.quantile(rms, np.linspace(0, 1, 11))
+    idx = np.clip(np.searchsorted(edges, rms, side="right") - 1, 0, 9)
+    per_tensor = {}
+    for n, t in info["tensors"].items():
+        per_tensor[n] = {"decay_median": float(np.median(t["decay"])), "norm": info["norms"][n]}
+        if "share" in t:
+            per_tensor[n]["cautious_share"] = t["share"]
+    return {
+        "decay_p10": float(np.quantile(d, 0.1)),
+        "decay_median": float(np.median(d)),
+        "decay_mean": float(np.mean(d)),
+        "decay_p90": float(np.quantile(d, 0.9)),
+        "decay_by_rms_decile": [float(np.median(d[idx == k])) if (idx == k).any() else None for k in range(10)],
+        "per_tensor": per_tensor,
+        "schedule": info["schedule"],
+        "norms": info["norms"],
+        "test": info["result"]["final"]["test"],
     }
 
 
-def _summarize(per_conv: dict[str, Any]) -> dict[str, Any]:
-    s: dict[str, Any] = {}
-    for conv, info in per_conv.items():
-        d = np.concatenate([t["decay"] for t in info["tensors"].values()])
-        rms = np.concatenate([t["rms"] for t in info["tensors"].values()])
-        edges = np.quantile(rms, np.linspace(0, 1, 11))
-        idx = np.clip(np.searchsorted(edges, rms, side="right") - 1, 0, 9)
-        deciles = [float(np.median(d[idx == k])) if (idx == k).any() else None for k in range(10)]
-        s[conv] = {
-            "decay_p10": float(np.quantile(d, 0.1)),
-            "decay_median": float(np.median(d)),
-            "decay_p90": float(np.quantile(d, 0.9)),
-            "decay_by_rms_decile": deciles,
-            "per_tensor": {
-                n: {"decay_median": float(np.median(t["decay"])), "norm": t["norm"]} for n, t in info["tensors"].items()
-            },
-            "norms": info["norms"],
-            "test": info["result"]["final"]["test"],
-        }
-    return s
-
-
-def _reading(summary: dict[str, Any], wds: dict[str, float], task: Task) -> list[str]:
-    a, w = summary["adam_l2"], summary["adamw"]
-    spread = a["decay_p90"] / max(a["decay_p10"], 1e-300)
-    dec = a["decay_by_rms_decile"]
-    ratio = (dec[0] / dec[-1]) if dec[0] and dec[-1] else float("nan")
-    lines = [
-        f"AdamW removed the same fraction of every decayed weight: {w['decay_median']:.2e} per step on average "
-        f"(lr·wd, following the schedule).",
-        f"Adam + L2 (wd {wds['adam_l2']:g}) did not: the middle 80% of weights got between {a['decay_p10']:.2e} "
-        f"and {a['decay_p90']:.2e} per step, a {spread:.0f}x spread, because its decay is divided by each "
-        f"weight's sqrt(v).",
-        f"Weights with the smallest gradient history (bottom decile) were decayed {ratio:.0f}x more than those with "
-        f"the largest (top decile): Adam + L2 regularizes most the weights the data uses least.",
-    ]
-    na = sum(v**2 for v in a["norms"].values()) ** 0.5
-    nw = sum(v**2 for v in w["norms"].values()) ** 0.5
+def _reading(summary: dict[str, Any], task: Task) -> list[str]:
+    lines = []
+    name = {c: CONVENTIONS[c].label.split(" (")[0] for c in summary}
+    for c, s in summary.items():
+        conv = CONVENTIONS[c]
+        if conv.coupled:
+            spread = s["decay_p90"] / max(s["decay_p10"], 1e-300)
+            dec = s["decay_by_rms_decile"]
+            ratio = dec[0] / dec[-1] if dec[0] and dec[-1] else float("nan")
+            lines.append(
+                f"{name[c]}: the middle 80% of weights lost between {s['decay_p10']:.2e} and {s['decay_p90']:.2e} "
+                f"per step, a {spread:.0f}x spread: its decay is divided by each weight's sqrt(v). The bottom "
+                f"gradient decile was decayed {ratio:.0f}x more than the top."
+            )
+        elif conv.cautious:
+            shares = [t["cautious_share"] for t in s["per_tensor"].values()]
+            lines.append(
+                f"{name[c]}: decayed {np.mean(shares):.0%} of the coordinates per step on average "
+                f"({min(shares):.0%} to {max(shares):.0%} by tensor), {s['decay_mean']:.2e} per step per weight."
+            )
+        else:
+            lines.append(f"{name[c]}: every decayed weight lost the same {s['decay_mean']:.2e} per step on average.")
     metric = task.metric
-    shown = [r["test"].get(metric, float("nan")) for r in (a, w)]
     fmt = "{:.2%}" if metric == "error" else "{:.4g}"
     lines.append(
-        f"Total weight norm at the end: {na:.3g} with Adam + L2, {nw:.3g} with AdamW. "
-        f"Test {task.metric_label(metric)}: {fmt.format(shown[0])} vs {fmt.format(shown[1])}."
+        f"Test {task.metric_label(metric)}: "
+        + "; ".join(f"{name[c]} {fmt.format(s['test'].get(metric, float('nan')))}" for c, s in summary.items())
+        + ". Total weight norm at the end: "
+        + "; ".join(f"{name[c]} {math.sqrt(sum(v**2 for v in s['norms'].values())):.3g}" for c, s in summary.items())
+        + "."
     )
     return lines
 
 
-def _write_report(
-    out: Path,
-    task: Task,
-    per_conv: dict[str, Any],
-    summary: dict[str, Any],
-    reading: list[str],
-    lr: float,
-    wds: dict[str, float],
-) -> None:
-    from .report import esc, img, page, table
+class _Bar:
+    """One rich progress bar per convention (steps done / total), or nothing."""
 
-    plt = plots._plt()
-    names = list(per_conv["adam_l2"]["tensors"])
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        da = per_conv["adam_l2"]["tensors"][name]["decay"]
-        dw = per_conv["adamw"]["tensors"][name]["decay"]
-        lo = np.log10(max(min(da.min(), dw.min()), 1e-300))
-        hi = np.log10(max(da.max(), dw.max()))
-        bins = np.linspace(lo - 0.1, hi + 0.1, 40)
-        ax.hist(np.log10(da), bins=bins, color=plots.color("adam_l2"), alpha=0.85, label="Adam + L2")
-        ax.axvline(np.log10(np.median(dw)), color=plots.color("adamw"), lw=2.5, label="AdamW (every weight)")
-        ax.set_title(f"{name}  ({da.size:,} weights)", fontsize=9)
-        ax.set_xlabel("log10 mean decay per step")
-        ax.set_yticks([])
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7, frameon=False)
-    hist_png = plots.to_png(fig)
+    def __init__(self, conventions: list[str], steps: int, *, enabled: bool) -> None:
+        self.conventions, self.steps, self.enabled = conventions, steps, enabled
+        self._progress: Any = None
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.6))
-    x = np.arange(1, 11)
-    for conv in PAIR:
-        y = [v if v else np.nan for v in summary[conv]["decay_by_rms_decile"]]
-        a1.plot(x, y, "o-", color=plots.color(conv), lw=2, label=CONVENTIONS[conv])
-    a1.set_yscale("log")
-    a1.set_xticks(x)
-    a1.set_xlabel("gradient-history decile (1 = smallest RMS gradient, 10 = largest)")
-    a1.set_ylabel("median decay per step")
-    a1.set_title("Who gets decayed?")
-    a1.legend(fontsize=8, frameon=False)
-    all_names = [n for n in per_conv["adam_l2"]["norms"] if n in per_conv["adam_l2"]["tensors"]]
-    pos = np.arange(len(all_names))
-    for k, conv in enumerate(PAIR):
-        a2.barh(
-            pos + (k - 0.5) * 0.38,
-            [per_conv[conv]["norms"][n] for n in all_names],
-            height=0.38,
-            color=plots.color(conv),
-            label=CONVENTIONS[conv],
-        )
-    a2.set_yticks(pos, all_names, fontsize=8)
-    a2.invert_yaxis()
-    a2.set_xlabel("final Frobenius norm")
-    a2.set_title("Resulting weight norms (decayed tensors)")
-    a2.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    dec_png = plots.to_png(fig)
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    rows_ = []
-    for n in names:
-        rows_.append(
-            [
-                n,
-                f"{summary['adam_l2']['per_tensor'][n]['decay_median']:.2e}",
-                f"{summary['adamw']['per_tensor'][n]['decay_median']:.2e}",
-                f"{summary['adam_l2']['per_tensor'][n]['norm']:.3g}",
-                f"{summary['adamw']['per_tensor'][n]['norm']:.3g}",
-            ]
-        )
-    body = [
-        '<div class="findings"><b>Reading</b><ul>' + "".join(f"<li>{esc(x)}</li>" for x in reading) + "</ul></div>",
-        "<h2>Effective decay of every weight, per tensor</h2>",
-        img(
-            hist_png,
-            "histograms",
-            "Mean fraction of each weight removed per step by the weight-decay term "
-            "(log scale). AdamW applies one value to every weight (line); Adam + L2 divides it by each weight's "
-            "sqrt(v), spreading it over orders of magnitude.",
-        ),
-        "<h2>By gradient history, and the resulting norms</h2>",
-        img(
-            dec_png,
-            "deciles and norms",
-            "Left: weights binned by their time-averaged RMS gradient sqrt(v̂). "
-            "Right: the norm of each decayed tensor after training.",
-        ),
-        table(["tensor", "median decay/step, Adam + L2", "AdamW", "final norm, Adam + L2", "AdamW"], rows_),
-        f"<h2>Setup</h2><p>{esc(task.description)} Peak lr {lr:g}; Adam + L2 wd {wds['adam_l2']:g}; AdamW "
-        f"weight_decay {wds['adamw']:g}. Same seed, initial weights and batches for both runs; biases and "
-        f"normalization parameters are not decayed.</p>",
-    ]
-    (out / "report.html").write_text(
-        page("decoupled explain", f"{esc(task.name)}: what each convention did to each weight", "".join(body))
-    )
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            )
+            self._progress.__enter__()
+            self._ids = {c: self._progress.add_task(f"training {c}", total=self.steps) for c in self.conventions}
+        return self
+
+    def step(self, conv: str) -> Any:
+        if self._progress is None:
+            return None
+        return lambda: self._progress.update(self._ids[conv], advance=1)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="digits", help="built-in task (digits, charlm), 'module:Attr' or 'file.py:Attr'")
-    p.add_argument("--out", help="output folder (default: explain-<task>)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, else 1e-3)")
-    p.add_argument("--wd-adam-l2", type=float, help="L2 coefficient for Adam + L2")
-    p.add_argument("--wd-adamw", type=float, help="AdamW weight_decay (PyTorch form)")
-    p.add_argument("--epochs", type=int, help="override the task's epochs")
+    p.add_argument("--task", default="nextchar", help="built-in task (nextchar, digits, charlm), 'module:Attr' "
+                   "or 'file.py:Attr' (default: nextchar)")
+    p.add_argument("--out", help="output folder (default: runs/explain-<task>)")
+    p.add_argument("--conventions", default=",".join(DEFAULT_PAIR),
+                   help=f"comma-separated, any of {','.join(CONVENTIONS)} (default: {','.join(DEFAULT_PAIR)})")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the task's)")
+    for key, conv in CONVENTIONS.items():
+        p.add_argument(f"--wd-{key.replace('_', '-')}", type=positive_float, dest=f"wd_{key}", metavar="WD",
+                       help=f"weight decay of {conv.label}")
+    p.add_argument("--epochs", type=positive_int, help="override the task's epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train", type=int, help="use only this many training examples")
+    p.add_argument("--max-train", type=positive_int, help="use only this many training examples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    conventions = [c.strip() for c in args.conventions.split(",") if c.strip()]
+    unknown = [c for c in conventions if c not in CONVENTIONS]
+    if unknown or not conventions:
+        raise UsageError(f"--conventions: unknown {unknown or conventions}; choose from {', '.join(CONVENTIONS)}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     try:
         res = explain(
             args.task,
             out=args.out,
+            conventions=conventions,
             lr=args.lr,
-            wd_adam_l2=args.wd_adam_l2,
-            wd_adamw=args.wd_adamw,
+            wds={c: getattr(args, f"wd_{c}") for c in CONVENTIONS if getattr(args, f"wd_{c}") is not None},
             epochs=args.epochs,
             seed=args.seed,
             max_train=args.max_train,
+            progress=not args.no_progress,
         )
     except (ValueError, TypeError) as err:
-        print(f"decoupled explain: error: {err}")
-        return 2
+        raise UsageError(str(err)) from None
     for line in res["reading"]:
         print("- " + line)
     print(f"\nReport: {res['paths']['report']}")

@@ -35,9 +35,7 @@ cross-entropy in nats and the fraction of wrong argmax predictions). Every metri
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,13 +47,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import schedules
+from ..cli.args import call_user, load_attr, module_name_for
+from ..conventions import CONVENTIONS, Scaling
+from ..conventions import get as get_convention
 
-#: The three weight-decay conventions, in report order: key -> label.
-CONVENTIONS: dict[str, str] = {
-    "adam_l2": "Adam + L2 (coupled)",
-    "adamw": "AdamW, PyTorch form (decay lr·wd)",
-    "adamw_indep": "AdamW, lr-independent (decay η_t·wd)",
-}
+#: The conventions ``compare`` trains unless told otherwise (keys of :data:`CONVENTIONS`).
+DEFAULT_CONVENTIONS: tuple[str, ...] = ("adam_l2", "adamw", "adamw_indep")
+
+
+def units_of(convention: str) -> str:
+    """The convention whose wd axis is in the same units as ``convention``'s.
+
+    ``adam_l2``: the L2 coefficient. ``adamw`` (and the corrected and cautious conventions, whose
+    decay at peak lr is also ``lr * wd``): PyTorch's weight_decay, per unit of lr.
+    ``adamw_indep``: the fraction removed per step at peak lr.
+    """
+    conv = get_convention(convention)
+    if conv.coupled:
+        return "adam_l2"
+    return "adamw_indep" if conv.scaling is Scaling.INDEPENDENT else "adamw"
 
 
 @dataclass(frozen=True)
@@ -179,11 +189,12 @@ class Task:
     # ---- helpers -----------------------------------------------------------------------------
 
     def grid_wds(self, convention: str) -> tuple[float, ...]:
-        """The default weight-decay axis of one convention."""
-        try:
-            return tuple(self.wds[convention])
-        except KeyError:
-            raise ValueError(f"task {self.name!r} has no default wd grid for convention {convention!r}") from None
+        """The default weight-decay axis of one convention: its entry in :attr:`wds`, else the axis of
+        the convention with the same units (:func:`units_of`)."""
+        for key in (convention, units_of(convention)):
+            if key in self.wds:
+                return tuple(self.wds[key])
+        raise ValueError(f"task {self.name!r} has no default wd grid for convention {convention!r}")
 
     def metric_label(self, metric: str) -> str:
         """The name reports give ``metric`` (``"test " + label``): its entry in ``metric_labels``, else the key."""
@@ -219,6 +230,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
 REGISTRY: dict[str, str] = {
     "digits": "decoupled.lab.digits:DigitsTask",
     "charlm": "decoupled.lab.charlm:CharLMTask",
+    "nextchar": "decoupled.lab.nextchar:NextCharTask",
 }
 
 
@@ -233,50 +245,14 @@ def register_task(name: str, target: str | type[Task] | Callable[[], Task]) -> N
 _EXTRA: dict[str, Any] = {}
 
 
-def _import_module(name: str, spec: str) -> Any:
-    """Import ``name`` from the installed packages, else from the current directory (as
-    ``python -m`` would: a console script's ``sys.path`` starts at its own folder, not here)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
-            raise  # the module exists but an import inside it failed: that traceback is the news
-        cwd = os.getcwd()
-        if cwd in sys.path:
-            raise ValueError(
-                f"no module {name!r} (from {spec!r}) among the installed packages or in the current "
-                f"directory {cwd}; run from the folder that holds it, or name its file: "
-                f"'path/to/{name.replace('.', '/')}.py:{spec.rpartition(':')[2]}'"
-            ) from None
-    sys.path.insert(0, cwd)
-    return _import_module(name, spec)
-
-
-def _resolve_attr(spec: str) -> Any:
-    module_part, _, attr = spec.rpartition(":")
-    if not module_part or not attr:
-        raise ValueError(
-            f"unknown task {spec!r}: use a built-in name ({', '.join(sorted(REGISTRY))}), "
-            f"'package.module:Attr' or 'path/to/file.py:Attr'"
-        )
-    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
-        path = Path(module_part).expanduser().resolve()
-        if not path.is_file():
-            raise ValueError(f"task file {str(path)!r} does not exist")
-        mod_name = f"_decoupled_task_{abs(hash(str(path)))}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            spec_obj = importlib.util.spec_from_file_location(mod_name, path)
-            assert spec_obj is not None and spec_obj.loader is not None
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.modules[mod_name] = module
-            spec_obj.loader.exec_module(module)
-    else:
-        module = _import_module(module_part, spec)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{module_part!r} has no attribute {attr!r} (from task spec {spec!r})") from None
+def source_file(task: Task) -> Path | None:
+    """The file a task's class was loaded from by ``'path/to/file.py:Attr'`` (None for an importable
+    module): worker processes import it under the same module name before unpickling the task."""
+    module = sys.modules.get(type(task).__module__)
+    path = getattr(module, "__file__", None)
+    if path is None or module_name_for(Path(path)) != type(task).__module__:
+        return None
+    return Path(path)
 
 
 def load_task(spec: str | Task | type[Task] | Callable[[], Task]) -> Task:
@@ -285,12 +261,15 @@ def load_task(spec: str | Task | type[Task] | Callable[[], Task]) -> Task:
     if isinstance(spec, str):
         if spec in _EXTRA:
             obj = _EXTRA[spec]
+        elif spec in REGISTRY or ":" in spec:
+            obj = load_attr(REGISTRY.get(spec, spec), what="task")
         else:
-            obj = _resolve_attr(REGISTRY.get(spec, spec))
-    if isinstance(obj, type) and issubclass(obj, Task):
-        obj = obj()
-    elif not isinstance(obj, Task) and callable(obj):
-        obj = obj()
+            raise ValueError(
+                f"unknown task {spec!r}: use a built-in name ({', '.join(sorted(REGISTRY))}), "
+                f"'package.module:Attr' or 'path/to/file.py:Attr'"
+            )
+    if (isinstance(obj, type) and issubclass(obj, Task)) or (not isinstance(obj, Task) and callable(obj)):
+        obj = call_user(obj, what="task")
     if not isinstance(obj, Task):
         raise TypeError(
             f"task {spec!r} resolved to {type(obj).__name__}, not a decoupled.lab.Task "

@@ -1,14 +1,15 @@
 r"""One training run of a :class:`~decoupled.lab.tasks.Task` under one weight-decay convention.
 
-The three conventions (see :mod:`decoupled.rule` for the full update), with peak learning rate
-:math:`\gamma`, schedule multiplier :math:`\eta_t` (warmup then cosine, so the lr at step t is
+The conventions are those of :mod:`decoupled.conventions` (see :mod:`decoupled.rule` for the full
+update); the three that ``compare`` trains by default, with peak learning rate :math:`\gamma`,
+schedule multiplier :math:`\eta_t` (warmup then cosine, so the lr at step t is
 :math:`\gamma\eta_t`) and weight decay :math:`\lambda`:
 
 * ``adam_l2``: :class:`decoupled.Adam` (= ``torch.optim.Adam``), :math:`g \leftarrow g + \lambda\theta`
   before the moments; the decay is then divided by :math:`\sqrt{\hat v}`.
 * ``adamw``: :class:`decoupled.AdamW` (= ``torch.optim.AdamW``),
   :math:`\theta \leftarrow \theta(1 - \gamma\eta_t\lambda)`.
-* ``adamw_indep``: ``decoupled.AdamW(lr_independent_decay=True)``,
+* ``adamw_indep``: ``decoupled.AdamW(decay_scaling="independent")``,
   :math:`\theta \leftarrow \theta(1 - \eta_t\lambda)`: the decay follows the schedule's shape
   but not the size of :math:`\gamma`.
 
@@ -27,21 +28,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .tasks import CONVENTIONS, Splits, Task, lr_multiplier
+from ..conventions import get as get_convention
+from .tasks import Splits, Task, lr_multiplier
 
 
 def make_optimizer(convention: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer of ``convention`` (a key of :data:`~decoupled.lab.tasks.CONVENTIONS`) at peak ``lr``."""
+    """The optimizer of ``convention`` (a key of :data:`decoupled.conventions.CONVENTIONS`) at peak ``lr``.
+
+    Built from :meth:`~decoupled.conventions.Convention.optimizer_options`: :class:`decoupled.Adam`
+    for the coupled convention, :class:`decoupled.AdamW` otherwise. ``lr_max`` (the lr at which a
+    non-``"lr"`` scaling applies the full ``weight_decay``) is each group's initial lr, the peak.
+    """
     from decoupled import Adam, AdamW, param_groups
 
+    conv = get_convention(convention)
     groups = param_groups(model, weight_decay)
-    if convention == "adam_l2":
-        return Adam(groups, lr=lr)
-    if convention == "adamw":
-        return AdamW(groups, lr=lr)
-    if convention == "adamw_indep":
-        return AdamW(groups, lr=lr, lr_independent_decay=True, lr_max=lr)
-    raise ValueError(f"unknown convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+    options = dict(conv.optimizer_options())
+    if not options.pop("decoupled_weight_decay"):
+        return Adam(groups, lr=lr, **options)
+    return AdamW(groups, lr=lr, **options)
 
 
 def train_run(
@@ -65,7 +70,7 @@ def train_run(
     epoch; ``curves`` = per evaluated epoch, ``train_loss`` (mean over the epoch's batches) and
     ``val_<metric>`` / ``test_<metric>``; ``diverged`` (a non-finite loss stopped the run; its
     metrics are then NaN); ``seconds`` of wall time. ``callback(step, model, optimizer)``, if
-    given, runs after every optimizer step (used by ``explain``).
+    given, runs once with step 0 before training and after every optimizer step (used by ``explain``).
     """
     epochs = task.epochs if epochs is None else epochs
     if epochs < 1:
@@ -81,6 +86,8 @@ def train_run(
     model = task.model()
     opt = make_optimizer(convention, model, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed + 1_000_003)
+    if callback is not None:
+        callback(0, model, opt)
 
     curves: dict[str, list[float]] = {"epoch": [], "train_loss": []}
     t0 = time.perf_counter()

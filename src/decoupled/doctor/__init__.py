@@ -8,16 +8,15 @@
 * :mod:`~decoupled.doctor.cli`: the ``decoupled doctor`` command.
 
 The Hugging Face half, ``DoctorCallback`` and ``check_training_args``, lives in
-:mod:`decoupled.integrations.hf` (it needs transformers); both are reachable from here too.
+:mod:`decoupled.integrations.hf` (it needs transformers, and uses this package: it is not
+re-exported here, so the two never import each other).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from .checks import check, timescales
-from .decay import GroupTimescale
-from .findings import SEVERITIES, Finding, format_findings, format_timescales
+from .decay import GroupTimescale, format_timescales
+from .findings import SEVERITIES, Finding, format_findings
 
 __all__ = [
     "check",
@@ -27,14 +26,4 @@ __all__ = [
     "SEVERITIES",
     "format_findings",
     "format_timescales",
-    "DoctorCallback",
-    "check_training_args",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("DoctorCallback", "check_training_args"):  # imports transformers on first use
-        from ..integrations import hf
-
-        return getattr(hf, name)
-    raise AttributeError(f"module 'decoupled.doctor' has no attribute {name!r}")

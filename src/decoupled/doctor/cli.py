@@ -24,8 +24,8 @@ import torch
 
 from ..cli.args import UsageError, call_user, load_attr, positive_float, positive_int
 from .checks import check, optimizer_kind, timescales
-from .decay import GroupTimescale, group_timescale
-from .findings import Finding, format_findings, format_timescales
+from .decay import GroupTimescale, format_timescales, group_timescale
+from .findings import Finding, format_findings
 
 SETUP_KEYS = ("optimizer", "model", "scheduler", "total_steps", "steps_per_epoch", "warmup_steps", "decay_embeddings")
 """What a setup's dict may hold (``optimizer`` is required)."""

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..conventions import ADAM_L2, Convention, Scaling, of_group
-from .findings import Finding, fmt_steps, names
+from .findings import Finding, fmt_steps, names, render_table
 
 SHORT_TAU_STEPS = 200
 """A timescale under this many steps means the decay dominates: weights forget within a few hundred steps."""
@@ -250,3 +250,34 @@ def update_precision_findings(group: dict[str, Any], lr: float, where: str) -> l
             ROUNDING_FIX,
         )
     ]
+
+
+def format_timescales(rows: Sequence[GroupTimescale], steps_per_epoch: float | None = None) -> str:
+    """Each param group's decay timescale next to the run's length, as a text table ('' without groups)."""
+    if not rows:
+        return ""
+    title = "decay timescale per param group: tau = 1 / (fraction of a weight decayed per step at peak lr)"
+    header = ("group", "convention", "peak lr", "weight_decay", "decay/step", "tau", "run", "reading")
+    body = [
+        (
+            str(r.group),
+            r.convention,
+            f"{r.lr:g}",
+            f"{r.weight_decay:g}",
+            "-" if r.decay_per_step is None else f"{r.decay_per_step:.3g}",
+            "-" if r.tau_steps is None else fmt_steps(r.tau_steps, steps_per_epoch),
+            "unknown" if r.total_steps is None else fmt_steps(r.total_steps, steps_per_epoch),
+            r.reading(),
+        )
+        for r in rows
+    ]
+    try:
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is in the lab extra
+        return "\n".join([title, *("  " + " | ".join(line) for line in (header, *body))])
+    table = Table(title=title, expand=False, title_justify="left")
+    for col in header:
+        table.add_column(col, overflow="fold", max_width=44 if col == "reading" else 24)
+    for line in body:
+        table.add_row(*line)
+    return render_table(table)

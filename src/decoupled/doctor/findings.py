@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .decay import GroupTimescale
 
 SEVERITIES = ("error", "warning", "info")
 """Most severe first: ``error`` (training is wrong), ``warning`` (very likely a mistake), ``info``."""
@@ -59,7 +57,7 @@ def fmt_steps(steps: float, steps_per_epoch: float | None = None) -> str:
     return text
 
 
-def _render(table: Any) -> str:
+def render_table(table: Any) -> str:
     from rich.console import Console
 
     console = Console(width=130, record=True, force_terminal=False)
@@ -84,35 +82,6 @@ def format_findings(findings: Sequence[Finding]) -> str:
         table.add_column(col, max_width=width, overflow="fold", no_wrap=col == "severity")
     for f in findings:
         table.add_row(f"[{colors[f.severity]}]{f.severity}[/]\n{f.code}", f.what, f.where, f.fix)
-    return _render(table)
+    return render_table(table)
 
 
-def format_timescales(rows: Sequence[GroupTimescale], steps_per_epoch: float | None = None) -> str:
-    """Each param group's decay timescale next to the run's length, as a text table ('' without groups)."""
-    if not rows:
-        return ""
-    title = "decay timescale per param group: tau = 1 / (fraction of a weight decayed per step at peak lr)"
-    header = ("group", "convention", "peak lr", "weight_decay", "decay/step", "tau", "run", "reading")
-    body = [
-        (
-            str(r.group),
-            r.convention,
-            f"{r.lr:g}",
-            f"{r.weight_decay:g}",
-            "-" if r.decay_per_step is None else f"{r.decay_per_step:.3g}",
-            "-" if r.tau_steps is None else fmt_steps(r.tau_steps, steps_per_epoch),
-            "unknown" if r.total_steps is None else fmt_steps(r.total_steps, steps_per_epoch),
-            r.reading(),
-        )
-        for r in rows
-    ]
-    try:
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich is in the lab extra
-        return "\n".join([title, *("  " + " | ".join(line) for line in (header, *body))])
-    table = Table(title=title, expand=False, title_justify="left")
-    for col in header:
-        table.add_column(col, overflow="fold", max_width=44 if col == "reading" else 24)
-    for line in body:
-        table.add_row(*line)
-    return _render(table)

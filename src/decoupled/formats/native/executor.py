@@ -87,7 +87,7 @@ def draw_seed() -> int:
     return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
 
 
-class _Call:
+class Call:
     """The pointer lists of one kernel call (tensors of one parameter dtype and moment kind).
 
     Tensors that are not contiguous go through contiguous copies, written back by :meth:`finish`."""
@@ -105,9 +105,11 @@ class _Call:
         self.keep: list[torch.Tensor] = []  # contiguous copies, alive until the kernel returns
         self.write_back: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def flat(self, t: torch.Tensor, written: bool = True) -> int:
-        """The address of ``t``'s elements in row-major order (a contiguous copy if needed)."""
-        if not t.is_contiguous():
+    def flat(self, t: torch.Tensor, written: bool = True, in_place: bool = False) -> int:
+        """The address of ``t``'s elements in row-major order (a contiguous copy if needed), or
+        with ``in_place`` of its memory as it is (the caller checked that the tensors of one
+        parameter share a dense layout)."""
+        if not (in_place or t.is_contiguous()):
             work = t.contiguous()
             self.keep.append(work)
             if written:
@@ -115,12 +117,14 @@ class _Call:
             t = work
         return t.data_ptr()
 
-    def add(self, index, param, grad, comp, moments: list[tuple[torch.Tensor, torch.Tensor | None]], step: float, c):
-        self.params.append(self.flat(param))
-        self.grads.append(self.flat(grad, written=False))
+    def add(self, index, param, grad, comp, moments: list[tuple[torch.Tensor, torch.Tensor | None]], step, c, *, in_place=False):
+        """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
+        as (stored, block scales or None), step count and the group's coefficients."""
+        self.params.append(self.flat(param, in_place=in_place))
+        self.grads.append(self.flat(grad, written=False, in_place=in_place))
         self.comps.append(self.flat(comp) if comp is not None else 0)
         for j, (stored, scale) in enumerate(moments):
-            self.moments[j].append(self.flat(stored))
+            self.moments[j].append(self.flat(stored, in_place=in_place))
             self.scales[j].append(self.flat(scale) if scale is not None else 0)
         self.numels.append(param.numel())
         self.ids.append(index)
@@ -185,7 +189,7 @@ def step(
     if module is None:
         raise RuntimeError(build.unavailable_reason())
     names = MOMENT_NAMES[: 3 if c.amsgrad else 2]
-    calls: dict[tuple[torch.dtype, tuple[int, ...]], _Call] = defaultdict(lambda: _Call(len(names)))
+    calls: dict[tuple[torch.dtype, tuple[int, ...]], Call] = defaultdict(lambda: Call(len(names)))
     stochastic = False
     for i, p in enumerate(params):
         n = p.numel()

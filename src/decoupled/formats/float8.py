@@ -38,8 +38,8 @@ scaling adds at most ``2**-22 * |x|``)
     9% at worst and 2.2% in the median, measured on an MLP's moments after 10, 50 and 200
     steps (the tree: 1.5-2% median but 13-17% at the 99th percentile, against 6-7% here; mean
     absolute error of the step 0.005 lr for both). Trained for 200 steps, the MLP of
-    ``tests/test_formats_8bit.py`` ends at 0.96-0.97x the fp32 loss (tree: 0.92-0.95x; three
-    seeds). Rounding is to nearest, so, as with the tree, a second moment whose per-step
+    ``tests/test_formats_8bit.py`` ends at 0.964-0.991x the fp32 loss (the tree: 0.918-0.978x;
+    three model seeds, ``tests/test_formats_float8.py``). Rounding is to nearest, so, as with the tree, a second moment whose per-step
     change is below half a code step (3%) stays on its code until it moves further.
 
 Small tensors

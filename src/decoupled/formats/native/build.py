@@ -132,7 +132,7 @@ def _build() -> ModuleType:
 def _short(err: BaseException) -> str:
     """The first line of ``err`` and its first compiler error line, if any."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    first = lines[0] if lines else type(err).__name__
+    first = (lines[0] if lines else type(err).__name__).split(": [")[0][:120]  # ninja's command line after ": ["
     detail = next((line for line in lines[1:] if "error" in line.lower()), "")
     return f"{type(err).__name__}: {first}" + (f" ({detail[:200]})" if detail else "")
 

@@ -5,9 +5,8 @@
 //   bf16 nearest      c10::BFloat16 (round to nearest even, NaN -> 0x7FC0)
 //   bf16 stochastic   decoupled.formats.rounding: (bits + noise) >> 16, noise uniform in [0, 2^16)
 //   float16           F16C round to nearest even (torch's cast)
-//   float8 e4m3fn     c10::Float8_e4m3fn's cast (the exp_avg codes of the blockwise float8 format)
-//   e5m3              an unsigned 8-bit float: 5 exponent bits (bias 15), 3 mantissa bits,
-//                     subnormals, no sign/inf/NaN; round to nearest even (its second moments)
+//   e4m3fn, e5m3      the blockwise float8 format's codes (decoupled.formats.float8), rounded
+//                     through float16 as described there
 //   tree              the dynamic-tree codebook of decoupled.formats.blockwise8 (16-bit bucket tables)
 #pragma once
 
@@ -17,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 namespace decoupled_codes {
@@ -98,48 +98,57 @@ inline void store_kahan_f16(const float* __restrict x, Half* __restrict hi, Half
   }
 }
 
-// ---- 8-bit floats -----------------------------------------------------------------------------
+// ---- 8-bit floats, through float16 ---------------------------------------------------------------
+// e5m3 (5 exponent bits, bias 15, 3 mantissa bits) is the top byte of a non-negative float16,
+// subnormals included, so a code c is the float16 with bits c << 7. e4m3 (4 exponent bits,
+// bias 7) is, with a sign, the top byte of the float16 of y * 2^-8: its magnitude code m is the
+// float16 with bits m << 7, times 2^8. Encoding rounds to float16 (round to nearest even, as
+// torch's cast; subnormals too), then to the code's 3 mantissa bits (nearest even on the bits):
+// a value within half a float16 step of a midpoint between two codes may take either.
 
-// (written with integer masks instead of branches, which GCC 12 does not vectorize here)
-inline uint32_t select(bool take_a, uint32_t a, uint32_t b) {
-  const uint32_t mask = 0u - uint32_t(take_a);
-  return (a & mask) | (b & ~mask);
+inline float half_bits_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  _Float16 x;
+  std::memcpy(&x, &h, 2);
+  return float(x);
+#endif
 }
+
+inline uint16_t float_to_half_bits(float x) {
+#if defined(__F16C__)
+  return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
+#else
+  _Float16 h = _Float16(x);
+  uint16_t bits;
+  std::memcpy(&bits, &h, 2);
+  return bits;
+#endif
+}
+
+// the top byte of a non-negative float16's bits, rounded to nearest even
+inline uint32_t round_top_byte(uint32_t h) { return (h + 0x3Fu + ((h >> 7) & 1u)) >> 7; }
+
+constexpr float E4M3_MAX = 448.0f;    // the largest e4m3fn value
+constexpr float E5M3_MAX = 61440.0f;  // the largest e5m3 value, 1.875 * 2^15 (exponent 30: float16's largest)
 
 inline float from_e4m3(uint8_t c) {
-  const uint32_t e = (c >> 3) & 15u, f = c & 7u;
-  const uint32_t sub = bits_of(float(int32_t(f)) * 0x1p-9f), normal = ((e + 120u) << 23) | (f << 20);
-  const uint32_t magnitude = select((c & 0x7Fu) == 0x7Fu, 0x7FC00000u, select(e == 0, sub, normal));
-  return float_of(magnitude | (uint32_t(c & 0x80u) << 24));
+  const float magnitude = half_bits_to_float(uint16_t((c & 0x7Fu) << 7)) * 256.0f;
+  const float value = (c & 0x7Fu) == 0x7Fu ? float_of(0x7FC00000u) : magnitude;  // e4m3fn's NaN
+  return float_of(bits_of(value) | (uint32_t(c & 0x80u) << 24));
 }
 
-// torch's cast to float8_e4m3fn: round to nearest even, saturating at +-448 (infinities too);
-// NaN -> 0x7F; subnormals (below 2^-6) rounded by adding 2^14, whose ulp is their step 2^-9.
-inline uint8_t to_e4m3(float x) {
-  uint32_t b = bits_of(x);
-  const uint32_t sign = b & 0x80000000u;
-  b ^= sign;
-  const uint32_t sub = bits_of(float_of(std::min(b, 121u << 23)) + 0x1p14f) - (141u << 23);
-  const uint32_t normal = (std::min(b, 0x7F800000u) + (uint32_t(7 - 127) << 23) + 0x7FFFFu + ((b >> 20) & 1u)) >> 20;
-  const uint32_t r = select(b > 0x7F800000u, 0x7Fu, select(b < (121u << 23), sub, std::min(normal, 0x7Eu)));
-  return uint8_t(r | (sign >> 24));
+inline uint8_t to_e4m3(float y) {
+  const uint32_t h = float_to_half_bits(std::min(std::fabs(y), E4M3_MAX) * 0x1p-8f);
+  return uint8_t(std::min(round_top_byte(h), 0x7Eu) | ((bits_of(y) >> 24) & 0x80u));
 }
 
-inline float from_e5m3(uint8_t c) {
-  const uint32_t e = c >> 3, f = c & 7u;
-  return float_of(select(e == 0, bits_of(float(int32_t(f)) * 0x1p-17f), ((e + 112u) << 23) | (f << 20)));
-}
+inline float from_e5m3(uint8_t c) { return half_bits_to_float(uint16_t(c << 7)); }
 
-// |x| rounded to nearest even; subnormals (below 2^-14) rounded by adding 2^6; saturates at 255.
-inline uint8_t to_e5m3(float x) {
-  const uint32_t b = bits_of(x) & 0x7FFFFFFFu;
-  const uint32_t sub = bits_of(float_of(b) + 0x1p6f) - (133u << 23);
-  const uint32_t normal = (b + (uint32_t(15 - 127) << 23) + 0x7FFFFu + ((b >> 20) & 1u)) >> 20;
-  return uint8_t(std::min(select(b < (113u << 23), sub, normal), 255u));
+inline uint8_t to_e5m3(float y) {
+  return uint8_t(round_top_byte(float_to_half_bits(std::min(std::fabs(y), E5M3_MAX))));
 }
-
-constexpr float E4M3_MAX = 448.0f;     // the largest e4m3fn value
-constexpr float E5M3_MAX = 122880.0f;  // the largest e5m3 value, 1.875 * 2^16
 
 // The block's absmax as torch's amax computes it (NaN if any element is NaN): on |x|'s bits,
 // the integer order is the float order and every NaN lies above +inf.
@@ -152,52 +161,39 @@ inline float block_absmax(const float* __restrict x, int n) {
   return float_of(top);
 }
 
-// One block of the float8 format: scale = absmax / MAX, codes of x / scale (an all-zero block
-// divides by 1). `signed_` chooses e4m3fn (exp_avg) or e5m3 (second moments).
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-// The same conversions, 16 at a time with AVX-512 (GCC's own vectorization of the byte loops
-// above spends most of its time shuffling 64 bytes into four float vectors).
-inline __m512i set1(uint32_t x) { return _mm512_set1_epi32(int(x)); }
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// 16 at a time: float16 conversions in hardware, the byte arithmetic on 16-bit lanes.
+inline __m256i round_top_byte_16(__m256i h) {
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(h, 7), _mm256_set1_epi16(1));
+  return _mm256_srli_epi16(_mm256_add_epi16(_mm256_add_epi16(h, _mm256_set1_epi16(0x3F)), odd), 7);
+}
 
 inline __m128i to_e4m3_16(__m512 y) {
-  const __m512i all = _mm512_castps_si512(y), sign = _mm512_and_si512(all, set1(0x80000000u));
-  const __m512i b = _mm512_xor_si512(all, sign);
-  const __m512 small = _mm512_castsi512_ps(_mm512_min_epu32(b, set1(121u << 23)));
-  const __m512i sub = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(small, _mm512_set1_ps(0x1p14f))), set1(141u << 23));
-  __m512i normal = _mm512_add_epi32(_mm512_min_epu32(b, set1(0x7F800000u)), set1((uint32_t(7 - 127) << 23) + 0x7FFFFu));
-  normal = _mm512_add_epi32(normal, _mm512_and_si512(_mm512_srli_epi32(b, 20), set1(1)));
-  normal = _mm512_min_epu32(_mm512_srli_epi32(normal, 20), set1(0x7E));
-  __m512i r = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b, set1(121u << 23)), normal, sub);
-  r = _mm512_mask_blend_epi32(_mm512_cmpgt_epu32_mask(b, set1(0x7F800000u)), r, set1(0x7F));
-  return _mm512_cvtepi32_epi8(_mm512_or_si512(r, _mm512_srli_epi32(sign, 24)));
+  const __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(E4M3_MAX), _mm512_abs_ps(y));  // a NaN stays, as with std::min
+  const __m256i h = _mm512_cvtps_ph(_mm512_mul_ps(magnitude, _mm512_set1_ps(0x1p-8f)), _MM_FROUND_TO_NEAREST_INT);
+  const __m256i code = _mm256_min_epu16(round_top_byte_16(h), _mm256_set1_epi16(0x7E));
+  const __m256i sign = _mm256_and_si256(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(y), 24)),
+                                        _mm256_set1_epi16(0x80));
+  return _mm256_cvtepi16_epi8(_mm256_or_si256(code, sign));
 }
 
 inline __m128i to_e5m3_16(__m512 y) {
-  const __m512i b = _mm512_and_si512(_mm512_castps_si512(y), set1(0x7FFFFFFFu));
-  const __m512 x = _mm512_castsi512_ps(b);
-  const __m512i sub = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(x, _mm512_set1_ps(0x1p6f))), set1(133u << 23));
-  __m512i normal = _mm512_add_epi32(b, set1((uint32_t(15 - 127) << 23) + 0x7FFFFu));
-  normal = _mm512_srli_epi32(_mm512_add_epi32(normal, _mm512_and_si512(_mm512_srli_epi32(b, 20), set1(1))), 20);
-  const __m512i r = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b, set1(113u << 23)), normal, sub);
-  return _mm512_cvtepi32_epi8(_mm512_min_epu32(r, set1(255)));
+  const __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(E5M3_MAX), _mm512_abs_ps(y));
+  return _mm256_cvtepi16_epi8(round_top_byte_16(_mm512_cvtps_ph(magnitude, _MM_FROUND_TO_NEAREST_INT)));
 }
 
 inline __m512 from_e4m3_16(__m128i bytes) {
-  const __m512i c = _mm512_cvtepu8_epi32(bytes);
-  const __m512i e = _mm512_and_si512(_mm512_srli_epi32(c, 3), set1(15)), f = _mm512_and_si512(c, set1(7));
-  const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(e, set1(120)), 23), _mm512_slli_epi32(f, 20));
-  const __m512i sub = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(f), _mm512_set1_ps(0x1p-9f)));
-  __m512i m = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), normal, sub);
-  m = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(_mm512_and_si512(c, set1(0x7F)), set1(0x7F)), m, set1(0x7FC00000u));
-  return _mm512_castsi512_ps(_mm512_or_si512(m, _mm512_slli_epi32(_mm512_and_si512(c, set1(0x80)), 24)));
+  const __m256i c = _mm256_cvtepu8_epi16(bytes);
+  const __m256i magnitude = _mm256_and_si256(c, _mm256_set1_epi16(0x7F));
+  const __m512 value = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_slli_epi16(magnitude, 7)), _mm512_set1_ps(256.0f));
+  const __m512i sign = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_and_si256(c, _mm256_set1_epi16(0x80))), 24);
+  const __mmask16 nan = _mm256_cmpeq_epi16_mask(magnitude, _mm256_set1_epi16(0x7F));
+  const __m512i bits = _mm512_mask_blend_epi32(nan, _mm512_castps_si512(value), _mm512_set1_epi32(0x7FC00000));
+  return _mm512_castsi512_ps(_mm512_or_si512(bits, sign));
 }
 
 inline __m512 from_e5m3_16(__m128i bytes) {
-  const __m512i c = _mm512_cvtepu8_epi32(bytes);
-  const __m512i e = _mm512_srli_epi32(c, 3), f = _mm512_and_si512(c, set1(7));
-  const __m512i normal = _mm512_or_si512(_mm512_slli_epi32(_mm512_add_epi32(e, set1(112)), 23), _mm512_slli_epi32(f, 20));
-  const __m512i sub = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(f), _mm512_set1_ps(0x1p-17f)));
-  return _mm512_castsi512_ps(_mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), normal, sub));
+  return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 7));
 }
 #endif
 
@@ -209,7 +205,7 @@ inline void store_float8_block(const float* __restrict x, bool signed_, uint8_t*
   *scale = s;
   const float inv = 1.0f / (s > 0.0f ? s : 1.0f);
   int i = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   const __m512 iv = _mm512_set1_ps(inv);
   for (; i + 16 <= n; i += 16) {
     const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), iv);
@@ -227,7 +223,7 @@ inline void load_float8(const uint8_t* __restrict codes, const float* scale, boo
     const int m = std::min(QBLOCK, n - s);
     const float a = scale[s / QBLOCK];
     int i = s;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     const __m512 av = _mm512_set1_ps(a);
     for (; i + 16 <= s + m; i += 16) {
       const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));

@@ -34,7 +34,8 @@ def contenders(dtype_names: list[str], deepspeed: bool) -> list[tuple[str, torch
     rows = [(REFERENCE, f32, lambda ps: torch.optim.AdamW(ps, **peers.HYPER, fused=True))]
     rows += [
         ("native fp32 (torch layout)", f32, lambda ps: NativeFormats(ps, layout="torch")),
-        ("native fp32, cautious decay (torch layout)", f32, lambda ps: NativeFormats(ps, layout="torch", cautious_decay=True)),
+        ("native fp32, cautious decay (torch layout)", f32,
+         lambda ps: NativeFormats(ps, layout="torch", cautious_decay=True)),
         ("native moments=bf16", f32, lambda ps: NativeFormats(ps, moments="bf16")),
         ("native moments=float8", f32, lambda ps: NativeFormats(ps, moments="float8")),
         ("native moments=8bit (tree)", f32, lambda ps: NativeFormats(ps, moments="8bit")),
@@ -50,7 +51,8 @@ def contenders(dtype_names: list[str], deepspeed: bool) -> list[tuple[str, torch
     if deepspeed:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        rows.append(("deepspeed DeepSpeedCPUAdam fp32", f32, lambda ps: DeepSpeedCPUAdam(ps, **peers.HYPER, adamw_mode=True)))
+        rows.append(("deepspeed DeepSpeedCPUAdam fp32", f32,
+                     lambda ps: DeepSpeedCPUAdam(ps, **peers.HYPER, adamw_mode=True)))
     return rows
 
 
@@ -106,8 +108,10 @@ def main() -> None:
     info = dict(cpu=platform.processor() or platform.machine(), torch=torch.__version__, threads=args.threads,
                 build_seconds=native.build.BUILD_SECONDS, kernel_ready_seconds=time.perf_counter() - start)
     rows = contenders(args.dtypes.split(","), args.deepspeed)
-    results = [r for layout in args.layouts.split(",") for r in measure(layout, layouts.parse_size(args.size), args.rounds, rows)]
-    print(f"{info}\n\n| layout | contender | ms | IQR | vs {REFERENCE} | B/param moved | GB/s |\n|---|---|---|---|---|---|---|")
+    n = layouts.parse_size(args.size)
+    results = [r for layout in args.layouts.split(",") for r in measure(layout, n, args.rounds, rows)]
+    print(f"{info}\n\n| layout | contender | ms | IQR | vs {REFERENCE} | B/param moved | GB/s |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['layout']} ({r['tensors']}) | {r['name']} | {r['ms']:.1f} | {r['iqr'][0]:.1f}-{r['iqr'][1]:.1f} | "
               f"{r['ratio']:.2f}x | {r['bytes_per_param']:.2f} | {r['gbs']:.1f} |")

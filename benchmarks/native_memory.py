@@ -81,7 +81,8 @@ def main() -> None:
                         f"'exp_avg_sq': torch.rand({n})}}, {path!r})"], check=True)
         for fmt in args.formats.split(","):
             for mode in ("step", "transcode", "whole"):
-                out = subprocess.run([sys.executable, "-c", CASE, str(n), fmt, mode, path], capture_output=True, text=True)
+                command = [sys.executable, "-c", CASE, str(n), fmt, mode, path]
+                out = subprocess.run(command, capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(out.stderr)
                 results.append(json.loads(out.stdout.strip().splitlines()[-1]))

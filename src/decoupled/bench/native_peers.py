@@ -82,7 +82,8 @@ FORMATS: dict[torch.dtype, list[dict[str, Any]]] = {
     torch.float32: [dict(layout="torch"), dict(layout="torch", cautious_decay=True), dict(moments="bf16"),
                     dict(moments="8bit"), dict(moments="float8")],
     torch.bfloat16: [dict(param_rounding="kahan"), dict(param_rounding="stochastic"),
-                     dict(moments="8bit", param_rounding="stochastic"), dict(moments="float8", param_rounding="stochastic")],
+                     dict(moments="8bit", param_rounding="stochastic"),
+                     dict(moments="float8", param_rounding="stochastic")],
 }
 
 
@@ -97,8 +98,9 @@ def native_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[C
             def make(ps, options=options):
                 return NativeFormats(ps, **options)
 
-            moments = options.get("moments", "param")
+            fmt = {"moments": options.get("moments", "param"),
+                   "param_rounding": options.get("param_rounding", "nearest")}
             note = "torch's state layout" if options.get("layout") == "torch" else "state format"
             out.append(Contender(f"decoupled native({text})", "decoupled", dt, make, note=note, skip=skip,
-                                 extra={"format": {"moments": moments, "param_rounding": options.get("param_rounding", "nearest")}}))
+                                 extra={"format": fmt}))
     return out

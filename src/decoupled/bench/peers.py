@@ -16,9 +16,10 @@ torch.compile" recipe; needs a C++ compiler on CPU, Triton on CUDA), `optimi
 of the benchmark's device and dtype, is listed with the reason instead of being timed.
 
 DeepSpeed's ``DeepSpeedCPUAdam`` (the C++ kernel of ZeRO-Offload) is timed too when
-``deepspeed`` is installed. On CPU with torch 2.13.0 (measured with bitsandbytes 0.50.2, torchao
-0.18.0 and deepspeed 0.19.8) all of them step, except that bitsandbytes' paged optimizers fall back to the unpaged ones (with a
-warning), so they are listed rather than timed twice. The ``peers`` extra installs optimi,
+``deepspeed`` is installed. On CPU with torch 2.13.0 (measured with bitsandbytes 0.50.2,
+torchao 0.18.0 and deepspeed 0.19.8) all of them step, except that bitsandbytes' paged
+optimizers fall back to the unpaged ones (with a warning), so they are listed rather than
+timed twice. The ``peers`` extra installs optimi,
 bitsandbytes and torchao; to add them to an environment on their own, keeping its torch::
 
     PIP_CONSTRAINT=constraints.txt pip install torch-optimi bitsandbytes torchao deepspeed

@@ -39,15 +39,16 @@ scaling adds at most ``2**-22 * |x|``)
       plus half a float16 step). The absmax element is exact up to the float32 rounding.
     * second moments: ``|v' - v| <= max(2**-4 v, 2**-18 a / MAX) + 2**-11 v + 2**-25 a / MAX``.
 
-    The relative error is the same for every element, where the tree's grows by 2x per
-    decade below the absmax (3.5% in (0.1a, a], 7%, 14%, ... for its second moment). What
-    the step needs is ``m / sqrt(v)``: its relative error is at most about
-    ``2**-4 + 2**-5``, 9% at worst and 2.2% in the median, measured on an MLP's moments after 10, 50 and 200
-    steps (the tree: 1.5-2% median but 13-17% at the 99th percentile, against 6-7% here; mean
-    absolute error of the step 0.005 lr for both). Trained for 200 steps, the MLP of
+    The relative error is the same for every element, where the tree's grows by 2x per decade
+    below the absmax (3.5% in (0.1a, a], 7%, 14%, ... for its second moment). What the step
+    needs is ``m / sqrt(v)``: its relative error is at most about ``2**-4 + 2**-5``, 9% at worst
+    and 2.2% in the median, measured on an MLP's moments after 10, 50 and 200 steps (the tree:
+    1.5-2% median but 13-17% at the 99th percentile, against 6-7% here; mean absolute error of
+    the step 0.005 lr for both). Trained for 200 steps, the MLP of
     ``tests/test_formats_8bit.py`` ends at 0.964-0.992x the fp32 loss (the tree: 0.918-0.978x;
-    three model seeds, ``tests/test_formats_float8.py``). Rounding is to nearest, so, as with the tree, a second moment whose per-step
-    change is below half a code step (3%) stays on its code until it moves further.
+    three model seeds, ``tests/test_formats_float8.py``). Rounding is to nearest, so, as with
+    the tree, a second moment whose per-step change is below half a code step (3%) stays on its
+    code until it moves further.
 
 Small tensors
     Parameters with fewer than 4096 elements keep float32 moments (:data:`.dense.FP32`).
@@ -120,7 +121,9 @@ class BlockFloat8(MomentFormat):
     def holds(self, entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> bool:
         codes, scale = (entry.get(k) for k in self.keys(moment))
         return (
-            isinstance(codes, torch.Tensor) and isinstance(scale, torch.Tensor) and codes.dtype == self.code_dtype(moment)
+            isinstance(codes, torch.Tensor)
+            and isinstance(scale, torch.Tensor)
+            and codes.dtype == self.code_dtype(moment)
         )
 
     def check(self, entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> str | None:

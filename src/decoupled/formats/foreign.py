@@ -174,14 +174,16 @@ def state_dict_from(foreign: torch.optim.Optimizer | Mapping[str, Any], optimize
             out: dict[str, Any] = {"step": torch.tensor(_step(entry, fgroup), dtype=torch.float32)}
             for moment, (source, source_entry) in _moments(entry, fgroup).items():
                 if source.block == 1 and source_entry[moment].numel() != param.numel():
-                    raise ValueError(f"foreign {moment} has {source_entry[moment].numel()} elements, the parameter {param.numel()}")
+                    count = source_entry[moment].numel()
+                    raise ValueError(f"foreign {moment} has {count} elements, the parameter {param.numel()}")
                 out.update(transcode(source_entry, source, fmt, param, moment))
             comp = entry.get(COMPENSATION_KEY)
             if rounding == "kahan" and is_low_precision(param):
-                out[COMPENSATION_KEY] = (
-                    comp.detach().to(param.device, param.dtype).reshape(param.shape).contiguous()
-                    if isinstance(comp, torch.Tensor) else torch.zeros_like(param, memory_format=torch.contiguous_format)
-                )
+                if isinstance(comp, torch.Tensor):
+                    comp = comp.detach().to(param.device, param.dtype)
+                    out[COMPENSATION_KEY] = comp.reshape(param.shape).contiguous()
+                else:
+                    out[COMPENSATION_KEY] = torch.zeros_like(param, memory_format=torch.contiguous_format)
             state[index] = out
     return {"state": state, "param_groups": target["param_groups"]}
 

@@ -117,7 +117,7 @@ class Call:
             t = work
         return t.data_ptr()
 
-    def add(self, index, param, grad, comp, moments: list[tuple[torch.Tensor, torch.Tensor | None]], step, c, *, in_place=False):
+    def add(self, index: int, param, grad, comp, moments: list, step: float, c, *, in_place: bool = False) -> None:
         """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
         as (stored, block scales or None), step count and the group's coefficients."""
         self.params.append(self.flat(param, in_place=in_place))

@@ -21,8 +21,8 @@
 // float32, bf16 and float16-in-buffers values directly; 8-bit moments are decoded into float32
 // buffers (L1) before it and encoded after it, 256 elements (one scale) at a time. The loops
 // are vectorized by the compiler (-O3 -march=native); chunks of all tensors of a call are
-// shared out over torch's intra-op threads (at::parallel_for). Compiled with
-// -ffp-contract=off: the only fused multiply-adds are the explicit std::fma calls.
+// shared out over torch's intra-op threads (see run). Compiled with -ffp-contract=off: the
+// only fused multiply-adds are the explicit std::fma calls.
 
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
@@ -244,18 +244,27 @@ void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
   }
 }
 
+constexpr int64_t GRAB = 64;  // chunks a thread takes at a time (64K elements)
+
+// Chunks of all tensors in one numbering, taken GRAB at a time by torch's intra-op threads
+// (OpenMP, dynamic schedule: a thread slowed by other work on its core takes fewer, where
+// a static split would wait for it).
 template <typename PS, int R, int S, bool AMS>
 void run(const Call& call) {
   const int64_t T = int64_t(call.tensors.size());
-  std::vector<int64_t> first(T + 1, 0);  // first chunk of each tensor, in one numbering
+  std::vector<int64_t> first(T + 1, 0);  // first chunk of each tensor
   for (int64_t i = 0; i < T; ++i) first[i + 1] = first[i] + (call.tensors[i].numel + BLOCK - 1) / BLOCK;
-  at::parallel_for(0, first[T], 4, [&](int64_t b0, int64_t b1) {
+  const int64_t grabs = (first[T] + GRAB - 1) / GRAB;
+  const int threads = int(std::min<int64_t>(at::get_num_threads(), grabs));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t grab = 0; grab < grabs; ++grab) {
+    const int64_t b0 = grab * GRAB, b1 = std::min(b0 + GRAB, first[T]);
     int64_t i = std::upper_bound(first.begin(), first.end(), b0) - first.begin() - 1;
     for (int64_t b = b0; b < b1; ++b) {
       while (b >= first[i + 1]) ++i;
       run_chunk<PS, R, S, AMS>(call, call.tensors[i], (b - first[i]) * BLOCK);
     }
-  });
+  }
 }
 
 template <typename PS, int R, int S>

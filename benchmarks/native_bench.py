@@ -28,7 +28,7 @@ from decoupled.formats import native
 REFERENCE = "torch.optim.AdamW(fused=True) fp32"
 
 
-def contenders(dtype_names: list[str], deepspeed: bool) -> list[tuple[str, torch.dtype, object]]:
+def contenders(dtype_names: list[str], deepspeed: bool, arena: bool) -> list[tuple[str, torch.dtype, object]]:
     """(name, parameter dtype, factory) of every row."""
     f32, bf16 = torch.float32, torch.bfloat16
     rows = [(REFERENCE, f32, lambda ps: torch.optim.AdamW(ps, **peers.HYPER, fused=True))]
@@ -47,6 +47,19 @@ def contenders(dtype_names: list[str], deepspeed: bool) -> list[tuple[str, torch
             ("native bf16 params, stochastic", bf16, lambda ps: NativeFormats(ps, param_rounding="stochastic")),
             ("native bf16 params, stochastic, moments=float8", bf16,
              lambda ps: NativeFormats(ps, moments="float8", param_rounding="stochastic")),
+        ]
+    if arena:  # the same formats on the float32 arena (decoupled.formats.execute), as decoupled.AdamW runs them today
+        import decoupled
+
+        arena_rows = (
+            ("moments=bf16", f32, dict(moments="bf16")),
+            ("moments=8bit (tree)", f32, dict(moments="8bit")),
+            ("bf16 params, stochastic", bf16, dict(param_rounding="stochastic")),
+        )
+        rows += [
+            (f"arena {text}", dt, lambda ps, kw=kw: decoupled.AdamW(ps, **peers.HYPER, **kw))
+            for text, dt, kw in arena_rows
+            if dt == f32 or "bf16" in dtype_names
         ]
     if deepspeed:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -100,6 +113,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--deepspeed", action="store_true")
+    ap.add_argument("--arena", action="store_true", help="also time the formats on today's float32 arena")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,7 +121,7 @@ def main() -> None:
     native.build.kernel()
     info = dict(cpu=platform.processor() or platform.machine(), torch=torch.__version__, threads=args.threads,
                 build_seconds=native.build.BUILD_SECONDS, kernel_ready_seconds=time.perf_counter() - start)
-    rows = contenders(args.dtypes.split(","), args.deepspeed)
+    rows = contenders(args.dtypes.split(","), args.deepspeed, args.arena)
     n = layouts.parse_size(args.size)
     results = [r for layout in args.layouts.split(",") for r in measure(layout, n, args.rounds, rows)]
     print(f"{info}\n\n| layout | contender | ms | IQR | vs {REFERENCE} | B/param moved | GB/s |")

@@ -2,10 +2,11 @@ r"""Blockwise 8-bit float moments: one byte per element, a float32 scale per 256
 
 The successor of the dynamic-tree code (:mod:`.blockwise8`): the same storage cost (about
 2.03 bytes per parameter for both moments), at least the same accuracy of the Adam update,
-and a code that a few integer operations convert, so a fused CPU kernel
-(:mod:`decoupled.formats.native`) quantizes at memory speed where the tree needs table
-lookups (measured on a 2-core AMD EPYC: a 16-wide gather costs about 20 cycles; the step with
-tree codes ran at 0.24x of torch's fused fp32 step, this one at memory speed).
+and a code that a float16 conversion and a few integer operations produce, where the tree
+needs table lookups (a 16-wide gather costs about 20 cycles on the project's AMD EPYC). With
+the native kernel (:mod:`decoupled.formats.native`) a step of GPT-2's layout at 64M parameters
+ran at 0.82-0.95x torch's fused fp32 step on the 2-core machine, the tree's at 0.33x, and the
+tree's through today's float32 arena at 0.09x (``benchmarks/results/native-cpu-2core``).
 
 Codes
     Elements in row-major order are cut into blocks of 256 (the last may be shorter). Each

@@ -15,12 +15,14 @@ torch.compile" recipe; needs a C++ compiler on CPU, Triton on CUDA), `optimi
 ``_AdamW(bf16_stochastic_round=True)``). A peer that is not installed, or cannot step tensors
 of the benchmark's device and dtype, is listed with the reason instead of being timed.
 
-On CPU with torch 2.13.0 (measured with bitsandbytes 0.50.2 and torchao 0.18.0) all of them
-step, except that bitsandbytes' paged optimizers fall back to the unpaged ones (with a
-warning), so they are listed rather than timed twice. The ``peers`` extra installs optimi,
+DeepSpeed's ``DeepSpeedCPUAdam`` (the C++ kernel of ZeRO-Offload) is timed too when
+``deepspeed`` is installed. On CPU with torch 2.13.0 (measured with bitsandbytes 0.50.2,
+torchao 0.18.0 and deepspeed 0.19.8) all of them step, except that bitsandbytes' paged
+optimizers fall back to the unpaged ones (with a warning), so they are listed rather than
+timed twice. The ``peers`` extra installs optimi,
 bitsandbytes and torchao; to add them to an environment on their own, keeping its torch::
 
-    PIP_CONSTRAINT=constraints.txt pip install torch-optimi bitsandbytes torchao
+    PIP_CONSTRAINT=constraints.txt pip install torch-optimi bitsandbytes torchao deepspeed
 
 Contenders that compile on their first step (``compiles=True``: the ``torch.compile`` row, and
 torchao, which compiles its update per parameter shape) take seconds to a minute of warm-up
@@ -366,14 +368,38 @@ def torchao_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[
     return out
 
 
+def deepspeed_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
+    """``deepspeed.ops.adam.DeepSpeedCPUAdam(adamw_mode=True)``: DeepSpeed's C++ AVX2/AVX-512 Adam
+    for ZeRO-Offload. Its op is built with the C++ compiler on the first construction (54-99 s
+    measured on the 2-core machine) and cached by torch in ``~/.cache/torch_extensions``, so it
+    is not probed here: it counts as compiling (``--quick`` leaves it out unless ``--only``
+    names it), and a dtype it cannot step is reported by the run."""
+    ds, reason = _import("deepspeed.ops.adam")
+    if reason is None:
+        reason = "DeepSpeedCPUAdam steps CPU tensors" if device.type != "cpu" else compile_unavailable("cpu")
+
+    def make(ps):
+        return ds.DeepSpeedCPUAdam(ps, **HYPER, adamw_mode=True)  # type: ignore[union-attr]
+
+    return [
+        Contender("deepspeed.ops.adam.DeepSpeedCPUAdam", "deepspeed", dt, make, note="C++ AVX kernel", skip=reason,
+                  compiles=True)
+        for dt in dtypes
+    ]
+
+
 def all_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
     """Every contender: the ``decoupled`` rows first, then ``torch.optim.AdamW`` (the reference
     last of its three), its compiled step, and the other libraries."""
+    from .native_peers import native_contenders
+
     return [
         *decoupled_contenders(device, dtypes),
+        *native_contenders(device, dtypes),
         *torch_contenders(device, dtypes),
         *compile_contenders(device, dtypes),
         *optimi_contenders(device, dtypes),
         *bitsandbytes_contenders(device, dtypes),
         *torchao_contenders(device, dtypes),
+        *deepspeed_contenders(device, dtypes),
     ]

@@ -8,6 +8,11 @@ a checkpoint can say which format it holds.
 
 Flat ranges are in the parameter's row-major (contiguous) element order; ``start`` and
 ``stop`` fall on multiples of :attr:`MomentFormat.block` (except ``stop`` at the end).
+
+Memory: allocating zeros, encoding, decoding and converting between formats (:func:`transcode`)
+work :data:`PIECE` elements at a time, so none of them holds a float32 copy of a whole
+moment beyond what it returns (the first step and a checkpoint load then need the formats'
+own state plus one piece of scratch).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import torch
 
 SIGNED_MOMENTS = ("exp_avg",)
 """Moments that can be negative; the others (``exp_avg_sq``, ``max_exp_avg_sq``) are >= 0."""
+
+PIECE = 1 << 18
+"""Elements converted at a time by encode, decode and :func:`transcode` (1 MiB of float32 scratch)."""
 
 
 class MomentFormat:
@@ -48,17 +56,33 @@ class MomentFormat:
         raise NotImplementedError
 
     def allocate(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
-        """Zero state for ``moment`` of ``param`` (contiguous, on the parameter's device)."""
-        return self.encode(torch.zeros(param.shape, dtype=torch.float32, device=param.device), param, moment)
+        """Zero state for ``moment`` of ``param`` (contiguous, on the parameter's device), built
+        without a float32 temporary."""
+        raise NotImplementedError
+
+    def empty(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
+        """Uninitialized state for ``moment`` of ``param``, for :meth:`store` to fill."""
+        raise NotImplementedError
 
     def encode(self, values: torch.Tensor, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
-        """The stored form of ``values`` (a tensor of the parameter's shape, any real dtype)."""
-        raise NotImplementedError
+        """The stored form of ``values`` (a tensor of the parameter's shape, any real dtype, any
+        device), stored :data:`PIECE` elements at a time."""
+        if values.numel() != param.numel():
+            raise ValueError(f"{moment} has {values.numel()} elements; the parameter has {param.numel()}")
+        entry = self.empty(param, moment)
+        flat = values.reshape(-1)
+        for start in range(0, param.numel(), PIECE):
+            stop = min(start + PIECE, param.numel())
+            piece = flat[start:stop].to(device=param.device, dtype=torch.float32, copy=True)
+            self.store(entry, moment, start, stop, piece)
+        return entry
 
     def decode(self, entry: Mapping[str, Any], param: torch.Tensor, moment: str) -> torch.Tensor:
         """``moment`` as a float32 tensor of the parameter's shape."""
         out = torch.empty(param.numel(), dtype=torch.float32, device=param.device)
-        self.load(entry, moment, 0, param.numel(), out)
+        for start in range(0, param.numel(), PIECE):
+            stop = min(start + PIECE, param.numel())
+            self.load(entry, moment, start, stop, out[start:stop])
         return out.view(param.shape)
 
     def view(self, entry: Mapping[str, Any], moment: str, start: int, stop: int) -> torch.Tensor | None:
@@ -77,3 +101,21 @@ class MomentFormat:
 
     def __repr__(self) -> str:
         return f"<moment format {self.name!r}>"
+
+
+def transcode(
+    entry: Mapping[str, Any], source: MomentFormat, target: MomentFormat, param: torch.Tensor, moment: str
+) -> dict[str, torch.Tensor]:
+    """``moment`` of ``entry`` (held in ``source``) in ``target``'s stored form, converted
+    :data:`PIECE` elements at a time: peak memory is the target state plus one float32 piece
+    (and the source's stored tensors, moved to the parameter's device if they are elsewhere),
+    never a float32 copy of the whole moment."""
+    out = target.empty(param, moment)
+    local = {k: entry[k].to(param.device) for k in source.keys(moment)}
+    numel = param.numel()
+    scratch = torch.empty(min(PIECE, numel), dtype=torch.float32, device=param.device)
+    for start in range(0, numel, PIECE):  # PIECE is a multiple of every format's block
+        stop = min(start + PIECE, numel)
+        source.load(local, moment, start, stop, scratch[: stop - start])
+        target.store(out, moment, start, stop, scratch[: stop - start])
+    return out

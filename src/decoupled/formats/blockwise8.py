@@ -91,8 +91,6 @@ BLOCK = 256
 MIN_NUMEL = 4096
 """Parameters with fewer elements keep float32 moments (see :meth:`Blockwise8.for_param`)."""
 
-_PIECE = 1 << 18
-"""Elements quantized at a time by :meth:`Blockwise8.encode`/``decode`` (bounds temporaries)."""
 
 
 def dynamic_codebook(signed: bool) -> torch.Tensor:
@@ -229,50 +227,34 @@ class Blockwise8(MomentFormat):
             absmax: torch.zeros(-(-numel // BLOCK), dtype=torch.float32, device=device),
         }
 
-    def encode(self, values: torch.Tensor, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
-        if values.numel() != param.numel():
-            raise ValueError(f"{moment} has {values.numel()} elements; the parameter has {param.numel()}")
+    def empty(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
         q8, absmax = self.keys(moment)
         numel, device = param.numel(), param.device
-        entry = {
+        return {
             q8: torch.empty(numel, dtype=torch.uint8, device=device),
             absmax: torch.empty(-(-numel // BLOCK), dtype=torch.float32, device=device),
         }
-        flat = values.reshape(-1)
-        for start in range(0, numel, _PIECE):
-            stop = min(start + _PIECE, numel)
-            piece = flat[start:stop].to(device=device, dtype=torch.float32)
-            self.store(entry, moment, start, stop, piece)
-        return entry
-
-    def decode(self, entry: Mapping[str, Any], param: torch.Tensor, moment: str) -> torch.Tensor:
-        numel = param.numel()
-        out = torch.empty(numel, dtype=torch.float32, device=param.device)
-        for start in range(0, numel, _PIECE):
-            stop = min(start + _PIECE, numel)
-            self.load(entry, moment, start, stop, out[start:stop])
-        return out.view(param.shape)
 
     def load(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, out: torch.Tensor) -> None:
         q8, absmax = (entry[k] for k in self.keys(moment))
         book = self.codebook(moment, q8.device)
-        for lo, hi in _blocks(start, stop):
+        for lo, hi in block_ranges(start, stop, BLOCK):
             book.dequantize_(q8[lo:hi], absmax[lo // BLOCK : -(-hi // BLOCK)], out[lo - start : hi - start])
 
     def store(self, entry: Mapping[str, Any], moment: str, start: int, stop: int, value: torch.Tensor) -> None:
         q8, absmax = (entry[k] for k in self.keys(moment))
         book = self.codebook(moment, q8.device)
-        for lo, hi in _blocks(start, stop):
+        for lo, hi in block_ranges(start, stop, BLOCK):
             n = min(hi - lo, BLOCK)
             x = value[lo - start : hi - start].to(torch.float32).reshape(-1, n)
             book.quantize_(x, q8[lo:hi], absmax[lo // BLOCK : -(-hi // BLOCK)])
 
 
-def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
+def block_ranges(start: int, stop: int, block: int) -> list[tuple[int, int]]:
     """``start:stop`` as at most two ranges of whole blocks: the full ones, then a shorter last one."""
-    if start % BLOCK:
-        raise ValueError(f"8bit moments are loaded and stored from a multiple of {BLOCK} elements, got {start}")
-    full = start + (stop - start) // BLOCK * BLOCK
+    if start % block:
+        raise ValueError(f"8bit moments are loaded and stored from a multiple of {block} elements, got {start}")
+    full = start + (stop - start) // block * block
     return [r for r in ((start, full), (full, stop)) if r[1] > r[0]]
 
 

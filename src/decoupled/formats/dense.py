@@ -55,14 +55,20 @@ class Dense(MomentFormat):
             return f"'{moment}' has dtype {t.dtype}; moments are floating point"
         return None
 
+    def allocate(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
+        return {moment: torch.zeros(param.shape, dtype=self.dtype_for(param), device=param.device)}
+
+    def empty(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
+        return {moment: torch.empty(param.shape, dtype=self.dtype_for(param), device=param.device)}  # contiguous
+
     def encode(self, values: torch.Tensor, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
-        dtype = self.dtype_for(param)
-        out = torch.empty(param.shape, dtype=dtype, device=param.device)  # contiguous
-        if self.stochastic and values.dtype == torch.float32 and dtype == torch.bfloat16:
-            stochastic_round_(out.view(-1), values.reshape(-1).to(param.device))
-        else:
-            out.copy_(values)
-        return {moment: out}
+        """A cast (copy_ converts element by element, without a temporary); float32 values into
+        stochastically rounded bf16 go through :meth:`MomentFormat.encode`'s pieces."""
+        if self.stochastic and values.dtype == torch.float32 and self.dtype_for(param) == torch.bfloat16:
+            return super().encode(values, param, moment)
+        out = self.empty(param, moment)
+        out[moment].copy_(values)
+        return out
 
     def decode(self, entry: Mapping[str, Any], param: torch.Tensor, moment: str) -> torch.Tensor:
         """A float32 copy in the parameter's shape (torch's layout may keep the parameter's strides)."""

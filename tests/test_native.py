@@ -1,0 +1,324 @@
+"""The native CPU kernels (:mod:`decoupled.formats.native`) against the formats' float32 arena.
+
+Exactness: the kernel computes the loop backend's float32 arithmetic with a correctly rounded
+square root, where torch.sqrt on CPU is MKL's (off by one ulp for about a fifth of inputs).
+Given the loop backend an exact sqrt (``exact_sqrt``) and both paths zero rounding noise
+(stochastic rounding becomes truncation), every combination of format, rounding, amsgrad,
+maximize, convention and dtype stores the same bits as the arena over several steps. Cautious
+decay, which the arena's backends do not run, is checked element by element against one step
+with and one without decay from the same state. The random parts are tested on their own: the
+noise is uniform and independent across streams, and stochastic rounding is unbiased.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from decoupled import formats
+from decoupled.backends import loop
+from decoupled.formats import execute, native
+from decoupled.formats.float8 import BLOCKFLOAT8
+from decoupled.formats.native import build
+from decoupled.formats.rounding import NOISE
+from decoupled.rule import GroupCoefficients, TensorOps, group_coefficients
+
+REASON = native.unavailable_reason()
+needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"native kernel unavailable: {REASON}")
+
+FORMATS = {"param": formats.PARAM, "fp32": formats.MOMENTS["fp32"], "bf16": formats.MOMENTS["bf16"],
+           "tree8": formats.MOMENTS["8bit"], "float8": BLOCKFLOAT8}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cautious(GroupCoefficients):
+    """GroupCoefficients with the lead's ``cautious`` field (read by the kernel with getattr)."""
+
+    cautious: bool = False
+
+
+def coefficients(convention: str, *, amsgrad=False, maximize=False, cautious=False, lr=1e-2) -> GroupCoefficients:
+    c = group_coefficients(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, decay=convention,
+                           lr_max=2e-2, amsgrad=amsgrad, maximize=maximize)
+    return Cautious(**dataclasses.asdict(c), cautious=cautious) if cautious else c
+
+
+def params_like(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """A matrix, a transposed matrix, a vector long enough for the 8-bit blocks (ragged end), one
+    over a kernel chunk, a tensor that keeps fp32 state in the 8-bit formats, a zero-size one."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(33, 17), (12, 9), (5000,), (4097 + 1024,), (300,), (0, 4)]
+    ps = [torch.randn(s, generator=g) for s in shapes]
+    ps[1] = ps[1].t()
+    return [p.to(dtype) for p in ps]
+
+
+def new_states(params, fmt, rounding: str, amsgrad: bool) -> list[dict]:
+    names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+    states = []
+    for p in params:
+        state = {"step": torch.tensor(0.0)}
+        for name in names:
+            state.update(formats.allocate(p, fmt, name))
+        if rounding == "kahan" and formats.is_low_precision(p):
+            state.update(formats.compensation_buffer(p))
+        states.append(state)
+    return states
+
+
+def grads_like(params, t: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + t)
+    return [torch.empty_like(p).copy_(torch.randn(p.shape, generator=g)) for p in params]
+
+
+@pytest.fixture
+def exact_sqrt(monkeypatch):
+    monkeypatch.setattr(TensorOps, "sqrt", lambda self, x: x.double().sqrt().to(x.dtype))
+
+
+@pytest.fixture
+def zero_noise(monkeypatch):
+    monkeypatch.setattr(NOISE, "draw", lambda n, device: torch.zeros(n, dtype=torch.int32, device=device))
+
+
+def equal_runs(a, b) -> None:
+    (pa, sa), (pb, sb) = a, b
+    for i, (x, y) in enumerate(zip(pa, pb)):
+        assert torch.equal(x, y), f"parameter {i}: max diff {(x.float() - y.float()).abs().max()}"
+    for i, (x, y) in enumerate(zip(sa, sb)):
+        assert set(x) == set(y)
+        for key in x:
+            same = torch.equal(x[key].view(torch.uint8), y[key].view(torch.uint8)) if x[key].dim() else torch.equal(x[key], y[key])
+            assert same, f"state {i} {key!r} differs"
+
+
+def run(stepper, dtype, fmt, rounding, c, steps=3, states=None):
+    params = params_like(dtype)
+    states = states if states is not None else new_states(params, fmt, rounding, c.amsgrad)
+    for t in range(steps):
+        for s in states:
+            s["step"] += 1
+        stepper(params, grads_like(params, t), states, c)
+    return params, states
+
+
+# ---- every combination against the arena ---------------------------------------------------------
+
+CASES = [
+    (f, r, a, m, conv, d)
+    for f, r, a, m, conv, d in itertools.product(FORMATS, ("nearest", "kahan", "stochastic"), (False, True),
+                                                 (False, True), ("decoupled", "lr_independent", "coupled"), DTYPES)
+    if not (r == "stochastic" and d == "f16")
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("fmt, rounding, amsgrad, maximize, convention, dtype", CASES)
+def test_kernel_stores_the_arenas_bits(exact_sqrt, zero_noise, fmt, rounding, amsgrad, maximize, convention, dtype):
+    c = coefficients(convention, amsgrad=amsgrad, maximize=maximize)
+    moments = FORMATS[fmt]
+    arena = run(lambda p, g, s, c: execute.step("loop", p, g, s, c, moments=moments, rounding=rounding),
+                DTYPES[dtype], moments, rounding, c)
+    kernel = run(lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding=rounding, random_noise=False),
+                 DTYPES[dtype], moments, rounding, c)
+    equal_runs(arena, kernel)
+
+
+@needs_kernel
+@pytest.mark.parametrize("fmt, rounding, dtype", [(f, r, d) for f, r, _, _, _, d in CASES[::12]])
+def test_cautious_decay_decays_where_the_update_agrees_with_the_weight(fmt, rounding, dtype):
+    """Each step from one state, three ways: cautious, always decaying, never decaying. The
+    cautious result equals the decaying one where m_new * theta >= 0 and the other elsewhere."""
+    moments, dt = FORMATS[fmt], DTYPES[dtype]
+    params = params_like(dt)
+    states = new_states(params, moments, rounding, amsgrad=False)
+    for t in range(3):
+        grads = grads_like(params, t)
+        for s in states:
+            s["step"] += 1
+        runs = {}
+        for name, c in (("cautious", coefficients("decoupled", cautious=True)), ("decay", coefficients("decoupled")),
+                        ("none", dataclasses.replace(coefficients("decoupled"), decay_factor=1.0))):
+            ps, ss = copy.deepcopy(params), copy.deepcopy(states)
+            torch.manual_seed(t)  # the same rounding noise in all three
+            native.step(ps, grads, ss, c, moments=moments, rounding=rounding)
+            runs[name] = (ps, ss)
+        for i, p in enumerate(params):
+            # the stored m has the sign of the kernel's float32 m wherever it is not 0
+            m_new = moments.for_param(p).decode(runs["decay"][1][i], p, "exp_avg")
+            theta = p.float() + (states[i]["kahan_comp"].float() if "kahan_comp" in states[i] else 0)
+            mask = m_new * theta >= 0
+            decayed, kept, got = runs["decay"][0][i], runs["none"][0][i], runs["cautious"][0][i]
+            known = m_new != 0
+            assert torch.equal(got[known], torch.where(mask, decayed, kept)[known]), (i, t)
+            assert torch.all((got == decayed) | (got == kept))
+            assert 0 < mask[known].float().mean() < 1 or p.numel() == 0
+        params, states = runs["cautious"]
+
+
+@needs_kernel
+def test_threads_and_chunking_do_not_change_the_result():
+    moments, c = formats.MOMENTS["bf16"], coefficients("decoupled")
+    stepper = lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding="stochastic")  # noqa: E731
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        results.append(run(stepper, torch.bfloat16, moments, "stochastic", c))
+    torch.set_num_threads(1)
+    equal_runs(*results)
+
+
+# ---- stochastic rounding -----------------------------------------------------------------------------
+
+
+@needs_kernel
+def test_noise_is_uniform_and_independent_across_streams():
+    n = 1 << 18
+    streams = [native.stochastic_noise(seed, tensor, stream, 0, n)
+               for seed, tensor, stream in ((1, 0, 0), (1, 0, 1), (1, 1, 0), (2, 0, 0))]
+    for noise in streams:
+        assert 0 <= noise.min() and noise.max() < 1 << 16
+        counts = torch.bincount(noise >> 8, minlength=256).double()  # 256 bins of 256 values
+        chi2 = ((counts - n / 256) ** 2 / (n / 256)).sum().item()
+        assert chi2 < 255 + 5 * (2 * 255) ** 0.5, chi2  # 5 sigma of chi-square(255)
+        assert abs(noise.double().mean().item() - 32767.5) < 5 * 18918 / n**0.5
+    for a, b in itertools.combinations(streams, 2):
+        corr = torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
+        assert abs(corr) < 5 / n**0.5, corr
+    # the element index, not the call's chunking, picks the noise
+    assert torch.equal(native.stochastic_noise(1, 0, 0, 1000, 500), streams[0][1000:1500])
+
+
+@needs_kernel
+@pytest.mark.parametrize("rounding, fmt", [("stochastic", "param"), ("nearest", "bf16")])
+def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour(rounding, fmt):
+    """bf16 weights at 1 and a constant gradient, lr 1e-4: each step moves a weight by 1e-4, a
+    fortieth of a bf16 ulp at 1 (round to nearest never moves it). With stochastic rounding
+    every store lands on the truncated value or one ulp above it, and the mean follows the
+    exact trajectory (per element at most half an ulp of variance per step: 5 sigma of the
+    mean of n is 5 * sqrt(steps) * 2^-9 / sqrt(n)); bf16 moments track their exact value."""
+    n, steps, g = 1 << 16, 50, 0.125
+    p = torch.ones(n, dtype=torch.bfloat16)
+    moments = FORMATS[fmt]
+    states = new_states([p], moments, rounding, amsgrad=False)
+    c = group_coefficients(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decay="decoupled")
+    key = "exp_avg_sq" if fmt == "bf16" else None
+    exact_v = 0.0
+    for _ in range(steps):
+        states[0]["step"] += 1
+        grad = torch.full((n,), g, dtype=torch.bfloat16)
+        truncated = (copy.deepcopy(p), copy.deepcopy(states))
+        native.step([truncated[0]], [grad], truncated[1], c, moments=moments, rounding=rounding, random_noise=False)
+        native.step([p], [grad], states, c, moments=moments, rounding=rounding)
+        got, low = (p, truncated[0]) if key is None else (states[0][key], truncated[1][0][key])
+        ulps = got.view(torch.int16).int() - low.view(torch.int16).int()  # positive values: bits are ordered
+        assert set(ulps.unique().tolist()) <= {0, 1}
+        exact_v = 0.999 * exact_v + 0.001 * g * g
+    if key is None:
+        assert abs(p.double().mean().item() - (1 - steps * 1e-4)) < 5 * steps**0.5 * 2**-9 / n**0.5
+    else:
+        v = states[0][key].double().mean().item()
+        assert abs(v - exact_v) < 5 * 2**-9 * exact_v / n**0.5 + 1e-6 * exact_v
+
+
+# ---- torch's layout: the backends' signature --------------------------------------------------------
+
+LAYOUT_CASES = list(itertools.product((torch.float32, torch.complex64), (False, True), (False, True),
+                                      ("decoupled", "coupled"), (False, True)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, amsgrad, maximize, convention, exact", LAYOUT_CASES)
+def test_torch_layout_matches_the_loop_backend(monkeypatch, dtype, amsgrad, maximize, convention, exact):
+    """To the bit given an exact sqrt; to float32 rounding with torch's MKL sqrt. Transposed and
+    channels-last parameters are stepped in place, in their own memory order."""
+    if exact:
+        monkeypatch.setattr(TensorOps, "sqrt", lambda self, x: x.double().sqrt().to(x.dtype))
+    c = coefficients(convention, amsgrad=amsgrad, maximize=maximize)
+    base = [torch.randn(33, 17), torch.randn(12, 9).t(), torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last),
+            torch.randn(5000), torch.randn(0)]
+    runs = []
+    for stepper in (loop.step, native.backend_step):
+        ps = [p.to(dtype, copy=True) for p in base]
+        moments = [[torch.zeros_like(p) for p in ps] for _ in range(3)]
+        steps = [torch.tensor(0.0) for _ in ps]
+        for t in range(4):
+            for s in steps:
+                s += 1
+            stepper(ps, grads_like(ps, t), moments[0], moments[1], moments[2] if amsgrad else [], steps, c)
+        runs.append((ps, moments))
+    for x, y in zip(runs[0][0] + sum(runs[0][1], []), runs[1][0] + sum(runs[1][1], [])):
+        assert x.stride() == y.stride()
+        if exact:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, rtol=4e-7 * 4, atol=1e-9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_torch_layout_in_low_precision_rounds_once_like_the_arena(exact_sqrt, dtype):
+    c = coefficients("decoupled", amsgrad=True)
+    arena = run(lambda p, g, s, c: execute.step("loop", p, g, s, c, moments=formats.PARAM, rounding="nearest"),
+                dtype, formats.PARAM, "nearest", c)
+    params = params_like(dtype)
+    states = new_states(params, formats.PARAM, "nearest", True)
+    for t in range(3):
+        for s in states:
+            s["step"] += 1
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        native.backend_step(params, grads_like(params, t), *([s[k] for s in states] for k in names),
+                            [s["step"] for s in states], c)
+    equal_runs(arena, (params, states))
+
+
+# ---- without a compiler ------------------------------------------------------------------------------
+
+
+def test_a_failed_build_warns_once_and_the_arena_path_runs(tmp_path):
+    """A compiler that fails (here a wrong one) gives one warning that says why and how to get
+    the kernel; unsupported_reason returns the reason; decoupled.AdamW keeps stepping formats."""
+    script = textwrap.dedent(
+        """
+        import warnings, torch, decoupled
+        from decoupled.formats import native, MOMENTS
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = native.unsupported_reason(MOMENTS["bf16"], "nearest", [torch.zeros(3)])
+            again = native.unsupported_reason(MOMENTS["bf16"], "nearest", [torch.zeros(3)])
+        print(first == again, len(caught), str(caught[0].message))
+        p = torch.nn.Parameter(torch.ones(8))
+        p.grad = torch.ones(8)
+        decoupled.AdamW([p], moments="bf16").step()
+        print("stepped", p.detach().tolist()[0] < 1)
+        """
+    )
+    env = {**os.environ, "DECOUPLED_NATIVE_DIR": str(tmp_path), "CXX": "false"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    same, count, message = out.stdout.splitlines()[0].split(" ", 2)
+    assert same == "True" and count == "1"
+    assert "could not be built" in message and "install a C++ compiler" in message and "DECOUPLED_NATIVE=0" in message
+    assert "stepped True" in out.stdout
+
+
+def test_switching_the_kernel_off_gives_a_reason_and_no_warning(monkeypatch):
+    monkeypatch.setenv("DECOUPLED_NATIVE", "0")
+    build.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert "DECOUPLED_NATIVE=0" in native.unsupported_reason(formats.PARAM, "nearest", [torch.zeros(2)])
+    finally:
+        build.reset()

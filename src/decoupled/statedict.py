@@ -7,7 +7,7 @@ The layout (shared by ``torch.optim.Adam``/``AdamW`` and :class:`decoupled.AdamW
      "param_groups": [{"lr": ..., "betas": ..., ..., "params": [index, ...]}]}
 
 where ``T`` has the shape of its parameter (other state formats use their own keys, e.g.
-``exp_avg_q8`` and ``exp_avg_absmax`` for 8-bit moments; :mod:`decoupled.formats`).
+``exp_avg_e4m3`` and ``exp_avg_scale`` for 8-bit moments; :mod:`decoupled.formats`).
 
 :func:`validate` checks everything ``torch.optim.Optimizer.load_state_dict`` would copy, and
 raises ``ValueError`` naming the first problem before anything changes: the groups (count,
@@ -217,16 +217,18 @@ def _value_problem(key: Any, value: Any) -> str | None:
     """What is wrong with the values of state tensor ``key`` ('NaN or infinite values',
     'negative values'), or None. Moments must be finite, EMAs of squares and 8-bit block
     scales (``<moment>_absmax``: the largest magnitude of each block, 0 for an all-zero block)
-    also non-negative; codes (uint8) are all valid."""
+    also non-negative (``<moment>_scale`` of the blockwise float8 code likewise); codes are
+    not checked here (their formats' ``check`` looks at shapes and dtypes)."""
     from .formats import COMPENSATION_KEY
 
     if not isinstance(value, torch.Tensor) or key == "step" or not (value.is_floating_point() or value.is_complex()):
         return None
     name = str(key)
-    moment = name.removesuffix("_absmax")
+    scale = name.endswith(("_absmax", "_scale"))
+    moment = name.removesuffix("_absmax").removesuffix("_scale")
     if moment not in (*TORCH_KEYS, COMPENSATION_KEY):
         return None  # a key of no format known here: copied as torch copies it
-    nonnegative = name.endswith("_absmax") or moment in NONNEGATIVE
+    nonnegative = scale or moment in NONNEGATIVE
     x = torch.view_as_real(value) if value.is_complex() else value
     flat = x.reshape(-1) if x.is_contiguous() else x.flatten()
     for start in range(0, flat.numel(), _CHUNK):

@@ -6,6 +6,8 @@ name       what it is
 loop       one tensor at a time: the readable reference (:mod:`.loop`)
 foreach    multi-tensor ``torch._foreach_*`` over tensors grouped by device and dtype
 fused      torch's own fused kernel, one call per device and dtype (:mod:`.fused`)
+native     one fused C++ pass per tensor on CPU, built at first use (:mod:`.native`): every
+           convention, cautious decay included, at the fused kernel's speed
 triton     one Triton kernel launch per list, fp32/bf16/fp16 (:mod:`.triton`; CUDA, or CPU
            under ``TRITON_INTERPRET=1`` for tests)
 compiled   one ``torch.compile``'d kernel per large tensor (:mod:`.compiled`); the state
@@ -29,7 +31,7 @@ class Unsupported(RuntimeError):
     """A backend cannot run these inputs; the message says why and what to use instead."""
 
 
-MODULES = ("loop", "foreach", "fused", "triton", "compiled")
+MODULES = ("loop", "foreach", "fused", "native", "triton", "compiled")
 """The registry: one module per backend, each defining ``BACKEND``."""
 
 REGISTRY: dict[str, Backend] = {

@@ -122,9 +122,6 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                 return decoupled.AdamW(ps, **options, **HYPER)
 
             compiles = options.get("backend") == "compiled"
-            skip = compile_unavailable(device.type) if compiles else None
-            if options.get("backend") == "triton":
-                skip = _triton_format_reason(options, device, dt)
             out.append(
                 Contender(
                     f"decoupled.AdamW({text})",
@@ -133,7 +130,7 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
                     make_format,
                     note=note,
                     extra={"format": {k: v for k, v in options.items() if k in ("moments", "param_rounding")}},
-                    skip=skip,
+                    skip=unsupported_reason(options, device, dt),
                     compiles=compiles,
                     warmup=3 if compiles else 1,
                 )
@@ -141,35 +138,52 @@ def decoupled_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
     return out
 
 
-def _triton_format_reason(options: dict[str, str], device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the formats' Triton executor cannot run ``options`` here (it needs a CUDA GPU)."""
-    from decoupled import formats
-    from decoupled.formats import triton as triton_formats
+def unsupported_reason(options: dict[str, Any], device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why ``decoupled.AdamW(**options)`` cannot step parameters of ``dtype`` on ``device``, as the
+    step pipeline decides it from the registries (:mod:`decoupled.backends`, :mod:`decoupled.formats`)."""
+    from decoupled import backends, formats
 
-    moments = formats.get(options.get("moments", "param"))
-    return triton_formats.why_not(moments, options.get("param_rounding", "nearest"), {(device.type, dtype)})
+    asked = options.get("backend", "auto")
+    kinds = frozenset({(device.type, dtype)})
+    group = {"moments": options.get("moments", "param"), "param_rounding": options.get("param_rounding", "nearest")}
+    cautious = bool(options.get("cautious_decay"))
+    try:
+        if formats.is_formatted(group, torch.empty(0, dtype=dtype, device="meta")):
+            fmt, rounding = formats.options(group)
+            formats.choose_executor(asked, fmt, rounding, kinds, cautious=cautious)
+        else:
+            backends.resolve(asked, kinds, cautious=cautious)
+    except backends.Unsupported as err:
+        return str(err)
+    return None
 
 
 # The state formats timed (decoupled.formats), by parameter dtype: lower-memory moments for fp32
-# weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments;
-# the elementwise ones also with backend="compiled" (load, update and store fused), and every one
-# with backend="triton" (the formats' Triton executor, decoupled.formats.triton: CUDA only).
+# weights; for bf16 weights, the roundings that keep small updates, alone and with 8-bit moments.
+# Each as the default runs it (auto: the native C++ kernel on CPU where it builds), on the
+# float32 arena with torch's fused kernel (backend="fused"), and where they apply with the
+# storage-fused compiled kernel and the formats' Triton executor (CUDA only).
 FORMATS: dict[torch.dtype, list[dict[str, str]]] = {
     torch.float32: [
         {"moments": "bf16"},
+        {"moments": "bf16", "backend": "fused"},
         {"moments": "bf16", "backend": "compiled"},
         {"moments": "bf16", "backend": "triton"},
         {"moments": "8bit"},
+        {"moments": "8bit", "backend": "fused"},
         {"moments": "8bit", "backend": "triton"},
     ],
     torch.bfloat16: [
         {"param_rounding": "kahan"},
+        {"param_rounding": "kahan", "backend": "fused"},
         {"param_rounding": "kahan", "backend": "compiled"},
         {"param_rounding": "kahan", "backend": "triton"},
         {"param_rounding": "stochastic"},
+        {"param_rounding": "stochastic", "backend": "fused"},
         {"param_rounding": "stochastic", "backend": "compiled"},
         {"param_rounding": "stochastic", "backend": "triton"},
         {"moments": "8bit", "param_rounding": "stochastic"},
+        {"moments": "8bit", "param_rounding": "stochastic", "backend": "fused"},
         {"moments": "8bit", "param_rounding": "stochastic", "backend": "triton"},
     ],
 }
@@ -182,6 +196,7 @@ CONVENTIONS: dict[torch.dtype, list[dict[str, Any]]] = {
     torch.float32: [
         {"decay_scaling": "corrected"},
         {"cautious_decay": True},
+        {"cautious_decay": True, "backend": "foreach"},
         {"cautious_decay": True, "backend": "triton"},
         {"cautious_decay": True, "moments": "bf16", "backend": "triton"},
     ],
@@ -391,11 +406,8 @@ def deepspeed_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
 def all_contenders(device: torch.device, dtypes: list[torch.dtype]) -> list[Contender]:
     """Every contender: the ``decoupled`` rows first, then ``torch.optim.AdamW`` (the reference
     last of its three), its compiled step, and the other libraries."""
-    from .native_peers import native_contenders
-
     return [
         *decoupled_contenders(device, dtypes),
-        *native_contenders(device, dtypes),
         *torch_contenders(device, dtypes),
         *compile_contenders(device, dtypes),
         *optimi_contenders(device, dtypes),

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import layouts, machine
 from .peers import REFERENCE
 
-COLUMNS = ("contender", "ms", "IQR ms", "vs fused", "GB/s", "% bw", "state B/p")
+COLUMNS = ("contender", "ms", "IQR ms", "vs fused", "B/p moved", "GB/s", "% bw", "state B/p")
 
 
 class Progress:
@@ -105,7 +105,7 @@ def cases(rows: list[dict]) -> list[tuple]:
 
 def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
-        return [r["label"], "-", "-", "-", "-", "-", r.get("reason", "")[:60]]
+        return [r["label"], "-", "-", "-", "-", "-", "-", r.get("reason", "")[:60]]
     ratio = r.get("ratio_vs_fused")
     name = r["label"] + (f" ({r['note']})" if r.get("note") else "")
     return [
@@ -113,6 +113,7 @@ def _cells(r: dict) -> list[str]:
         f"{r['ms']:.2f}",
         f"{r['ms_p25']:.2f}-{r['ms_p75']:.2f}",
         f"{ratio:.2f}x" if ratio else "-",
+        f"{r['ideal_bytes_per_param']:.3g}",
         f"{r['effective_gbs']:.1f}",
         f"{r['pct_of_bandwidth']:.0f}%" + (f" {CACHE_MARK}" if r.get("fits_in_cache") else ""),
         f"{r['state_bytes_per_param']:g}",

@@ -9,6 +9,9 @@ so each row can say how close it is to the speed limit of a memory-bound update:
 * ``ms``: median milliseconds per ``optimizer.step()`` (and the interquartile range);
 * ``vs fused``: the time of ``torch.optim.AdamW(fused=True)`` at the same size, layout and
   dtype divided by this row's time (above 1 is faster than torch's fused kernel);
+* ``B/p moved``: the bytes one step must move per parameter in the row's format (parameter read
+  and written, gradient read, every state tensor read and written): 28 for fp32 AdamW, 20 with
+  bf16 moments, about 16 with 8-bit ones;
 * ``GB/s``: the ideal bytes of the row's format per parameter (parameter read and written,
   gradient read, every state tensor read and written: 28 B for fp32 AdamW, 14 B for bf16)
   times the parameter count, divided by the time;

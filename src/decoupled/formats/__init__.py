@@ -10,7 +10,8 @@ Two independent options of :class:`decoupled.AdamW` choose them, per param group
     param     2 x the parameter's size      torch's: the parameter's dtype (default)
     fp32      8                             float32, whatever the parameter's dtype
     bf16      4                             bfloat16, stochastically rounded
-    8bit      about 2.03                    blockwise 8-bit (256-element blocks, fp32 scale)
+    8bit      about 2.03                    blockwise 8-bit floats (256-element blocks, fp32 scale;
+                                            :mod:`.float8`; the older tree code still loads)
     ========  ============================  ===================================================
 
 ``param_rounding`` (how the update is written into a bf16/fp16 parameter; fp32 parameters
@@ -41,21 +42,26 @@ import torch
 
 from .. import backends
 from . import sharded
-from .base import SIGNED_MOMENTS, MomentFormat
+from .base import SIGNED_MOMENTS, MomentFormat, transcode
 from .blockwise8 import BLOCKWISE8
 from .dense import BF16, FP32, PARAM, Dense
 from .executor import Executor
+from .float8 import BLOCKFLOAT8
 from .rounding import COMPENSATION_KEY, ROUNDINGS, is_low_precision
 
-MOMENTS: dict[str, MomentFormat] = {"param": PARAM, "fp32": FP32, "bf16": BF16, "8bit": BLOCKWISE8}
+MOMENTS: dict[str, MomentFormat] = {"param": PARAM, "fp32": FP32, "bf16": BF16, "8bit": BLOCKFLOAT8}
 """The moment formats by name."""
+
+LEGACY: tuple[MomentFormat, ...] = (BLOCKWISE8,)
+"""Formats no option names any more whose checkpoints still load (converted to the group's):
+the dynamic-tree 8-bit code that ``"8bit"`` meant before the blockwise float8 code."""
 
 DEFAULTS = {"moments": "param", "param_rounding": "nearest"}
 """The option values that make the optimizer exactly ``torch.optim.AdamW``."""
 
 MOMENT_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
-EXECUTOR_MODULES = ("arena", "compiled", "triton")
+EXECUTOR_MODULES = ("arena", "native", "compiled", "triton")
 """The registry of executors: one module each, defining ``EXECUTOR``."""
 
 EXECUTORS: dict[str, Executor] = {
@@ -152,7 +158,7 @@ def unsupported_reason(group: Mapping[str, Any], param: torch.Tensor) -> str | N
 
 def which(entry: Mapping[str, Any], moment: str, param: torch.Tensor) -> MomentFormat | None:
     """The format ``entry`` holds ``moment`` in (checked most specific first), or None."""
-    for fmt in (*[f for f in MOMENTS.values() if not isinstance(f, Dense)], BF16, FP32, PARAM):
+    for fmt in (*[f for f in MOMENTS.values() if not isinstance(f, Dense)], *LEGACY, BF16, FP32, PARAM):
         if fmt.holds(entry, moment, param):
             return fmt
     if isinstance(entry.get(moment), torch.Tensor):  # a dense moment of another dtype (e.g. fp16)
@@ -175,7 +181,12 @@ def allocate(param: torch.Tensor, fmt: MomentFormat, moment: str) -> dict[str, t
 def running_max_from_v(entry: Mapping[str, Any], param: torch.Tensor, fmt: MomentFormat) -> dict[str, torch.Tensor]:
     """``max_exp_avg_sq`` started from the current ``exp_avg_sq`` (amsgrad switched on mid-run)."""
     fmt = fmt.for_param(param)
-    return _on_shards(lambda e, p: fmt.encode(fmt.decode(e, p, "exp_avg_sq"), p, "max_exp_avg_sq"), entry, param)
+
+    def copy_v(e: Mapping[str, Any], p: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the stored form of v under the running maximum's keys: the same values, no float32 copy
+        return {m: e[v].clone() for v, m in zip(fmt.keys("exp_avg_sq"), fmt.keys("max_exp_avg_sq"))}
+
+    return _on_shards(copy_v, entry, param)
 
 
 def compensation_buffer(param: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,9 +223,11 @@ def _convert(
             kept = {k: entry[k].to(param.device) for k in fmt.keys(moment)}
             kept = {k: v.contiguous() if contiguous else _like(param, v) for k, v in kept.items()}
             out.update(kept)
-        else:
-            values = entry[moment] if isinstance(source, Dense) else source.decode(entry, param, moment)
-            encoded = fmt.encode(values.to(param.device), param, moment)
+        else:  # a dense source is encoded as it is; a coded one piece by piece (no float32 copy)
+            if isinstance(source, Dense):
+                encoded = fmt.encode(entry[moment].to(param.device), param, moment)
+            else:
+                encoded = transcode(entry, source, fmt, param, moment)
             if not contiguous:
                 encoded = {k: _like(param, v) for k, v in encoded.items()}
             out.update(encoded)

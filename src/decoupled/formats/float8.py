@@ -13,7 +13,9 @@ Codes
     block keeps ``scale = absmax / MAX`` (float32) and each element ``code(x * (1 / scale))``:
 
     * ``exp_avg``: ``torch.float8_e4m3fn`` (sign, 4 exponent bits, 3 mantissa bits,
-      subnormals; MAX = 448). Range: 2^-9 / 448, about 4.4e-6 of the block's absmax, then 0.
+      subnormals; MAX = 448), its bits stored as uint8 (a float8 tensor does not survive
+      ``pickle`` in torch 2.13, and uint8 loads everywhere). Range: 2^-9 / 448, about 4.4e-6
+      of the block's absmax, then 0.
     * ``exp_avg_sq`` and ``max_exp_avg_sq`` (>= 0): ``e5m3``, an unsigned 8-bit float stored
       as uint8: 5 exponent bits (bias 15), 3 mantissa bits, subnormals, no sign, inf or NaN;
       ``value = 2**(e - 15) * (1 + f / 8)`` for ``e >= 1``, ``f * 2**-17`` for ``e = 0``;
@@ -93,11 +95,16 @@ def from_e5m3(codes: torch.Tensor) -> torch.Tensor:
 
 
 def to_e4m3(y: torch.Tensor) -> torch.Tensor:
-    """``y`` (float32) as ``float8_e4m3fn`` codes: the magnitude through float16 of ``|y| * 2**-8``,
-    saturating at 448 (an e4m3fn NaN is never written)."""
+    """``y`` (float32) as ``float8_e4m3fn`` codes, their bits as uint8: the magnitude through
+    float16 of ``|y| * 2**-8``, saturating at 448 (an e4m3fn NaN is never written)."""
     magnitude = _top_byte((y.abs().clamp(max=E4M3_MAX) * 2.0**-8).to(torch.float16)).clamp_(max=0x7E)
     sign = (y.view(torch.int32) >> 24) & 0x80
-    return (magnitude | sign).to(torch.uint8).view(torch.float8_e4m3fn)
+    return (magnitude | sign).to(torch.uint8)
+
+
+def from_e4m3(codes: torch.Tensor) -> torch.Tensor:
+    """The float32 values of ``float8_e4m3fn`` codes stored as uint8."""
+    return codes.view(torch.float8_e4m3fn).to(torch.float32)
 
 
 class BlockFloat8(MomentFormat):
@@ -114,7 +121,8 @@ class BlockFloat8(MomentFormat):
         return moment in SIGNED_MOMENTS
 
     def code_dtype(self, moment: str) -> torch.dtype:
-        return torch.float8_e4m3fn if self.signed(moment) else torch.uint8
+        """The stored codes' dtype: uint8 for both codes (the e4m3fn bits, and e5m3)."""
+        return torch.uint8
 
     def keys(self, moment: str) -> tuple[str, ...]:
         return (f"{moment}_{'e4m3' if self.signed(moment) else 'e5m3'}", f"{moment}_scale")
@@ -163,7 +171,7 @@ class BlockFloat8(MomentFormat):
         for lo, hi in block_ranges(start, stop, BLOCK):
             n = min(hi - lo, BLOCK)
             c = codes[lo:hi]
-            values = c.to(torch.float32) if self.signed(moment) else from_e5m3(c)
+            values = from_e4m3(c) if self.signed(moment) else from_e5m3(c)
             dst = out[lo - start : hi - start].view(-1, n)
             torch.mul(values.view(-1, n), scale[lo // BLOCK : -(-hi // BLOCK)].unsqueeze(1), out=dst)
 

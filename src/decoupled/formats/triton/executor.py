@@ -53,7 +53,10 @@ def why_not(moments: MomentFormat, rounding: str, kinds) -> str | None:
     except ImportError:
         return "the Triton executor needs Triton (pip install triton); use the default executor"
     if not isinstance(moments, (Dense, Blockwise8)):
-        return f"the Triton executor runs dense and 8bit moments, not {moments.name!r}; use the default executor"
+        return (
+            f"the Triton executor runs dense moments and the dynamic-tree 8-bit code, not {moments!r} (the blockwise "
+            f"float8 code of moments='8bit'); use the default executor"
+        )
     for device, dtype in kinds:
         if dtype not in SUPPORTED_DTYPES:
             return f"the Triton executor runs fp32, bf16 and fp16 parameters, got {dtype}; use the default executor"

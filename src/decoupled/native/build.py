@@ -30,7 +30,7 @@ Cache
 Without a compiler
     If the build fails, one warning says why and how to get the kernel, and
     :func:`unavailable_reason` returns the reason, so the formats keep running on their float32
-    arena (:mod:`decoupled.formats.execute`). ``DECOUPLED_NATIVE=0`` skips the kernel (and the
+    arena (:mod:`decoupled.formats.arena`). ``DECOUPLED_NATIVE=0`` skips the kernel (and the
     warning).
 """
 

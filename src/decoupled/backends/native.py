@@ -4,7 +4,7 @@
 lists of tensors in place, as every backend of :mod:`decoupled.backends` does, for moments
 stored as ``torch.optim.AdamW`` stores them (the parameter's dtype and layout). Compared with
 torch's fused CPU kernel (``backends.fused``), it also runs what that kernel cannot express,
-such as cautious decay (``getattr(c, "cautious", False)``), at the same memory speed.
+such as cautious decay (``c.cautious``), at the same memory speed.
 
 The update is computed in float32 and rounded once when stored (for bf16/fp16 parameters,
 as torch's fused kernel does; the loop backend rounds after every operation instead). For
@@ -21,23 +21,23 @@ from collections.abc import Sequence
 
 import torch
 
-from ...rule import GroupCoefficients
-from . import build
-from .executor import BF16, F16, F32, PARAM_TYPES, Call
+from ..native.call import BF16, F16, F32, PARAM_TYPES, Call, kernel, unavailable_reason
+from ..rule import GroupCoefficients
+from .base import Backend, Kinds
 
 KINDS = {torch.float32: F32, torch.bfloat16: BF16, torch.float16: F16}
 
 
-def unsupported_reason(params: Sequence[torch.Tensor]) -> str | None:
-    """Why :func:`step` cannot run ``params`` (building the kernel if it was not yet), or None."""
-    kinds = {(p.device.type, p.dtype) for p in params}
+def why_not(kinds: Kinds) -> str | None:
+    """Why :func:`step` cannot run tensors of ``kinds`` (building the kernel if it was not yet:
+    the first use takes 15-30 s), or None."""
     for device, dtype in kinds:
         if device != "cpu":
             return f"the native backend runs on CPU, got a parameter on {device}"
         real = dtype.to_real() if dtype.is_complex else dtype
         if real not in PARAM_TYPES:
             return f"the native backend steps float32, bfloat16 and float16 parameters (and complex64), got {dtype}"
-    return build.unavailable_reason()
+    return unavailable_reason()
 
 
 def _dense_alike(tensors: Sequence[torch.Tensor]) -> bool:
@@ -63,9 +63,9 @@ def step(
     """One native kernel call per parameter dtype; ``state_steps`` were already incremented."""
     if differentiable:
         raise RuntimeError("the native backend does not record autograd history; use the loop backend")
-    module = build.kernel()
+    module = kernel()
     if module is None:
-        raise RuntimeError(build.unavailable_reason())
+        raise RuntimeError(unavailable_reason())
     n_moments = 3 if c.amsgrad else 2
     calls: dict[torch.dtype, Call] = defaultdict(lambda: Call(n_moments))
     for i, param in enumerate(params):
@@ -83,4 +83,13 @@ def step(
         call = calls[tensors[0].dtype]
         call.add(i, *tensors[:2], None, [(t, None) for t in tensors[2:]], float(state_steps[i]), c, in_place=dense)
     for dtype, call in calls.items():
-        call.run(module, dtype, (KINDS[dtype],) * n_moments, "nearest", c, 0, False)
+        call.run(module, dtype, (KINDS[dtype],) * n_moments, "nearest", c, 0, False, [0, 0, 0] * n_moments)
+
+
+BACKEND = Backend(
+    "native",
+    step,
+    "one fused C++ pass per tensor on CPU (built at first use): torch's state layout, every convention",
+    why_not=why_not,
+    auto_rank={"cpu": 20},
+)

@@ -221,6 +221,15 @@ def test_the_groups_carry_every_other_convention(convention: str) -> None:
         assert torch.equal(p, q), name
 
 
+def test_lr_max_goes_where_the_decay_follows_it() -> None:
+    groups = param_groups(Net(), WD, convention="adamw_corrected", lr_max=2 * LR)
+    assert [g.get("lr_max") for g in groups] == [2 * LR, None, None]
+    opt = decoupled.AdamW(groups, lr=LR)
+    assert [g.get("lr_max") for g in opt.param_groups] == [2 * LR, None, None]
+    opt = decoupled.AdamW(param_groups(Net(), WD, convention="adamw_indep", lr_max=2 * LR), lr=LR)
+    assert [g.get("lr_max") for g in opt.param_groups] == [2 * LR, None]
+
+
 def test_a_groups_own_convention_wins_over_the_optimizers() -> None:
     model = Net()
     opt = decoupled.AdamW(param_groups(model, WD, convention="adamw_corrected"), lr=LR, decay_scaling="independent", cautious_decay=True)  # fmt: skip
@@ -236,24 +245,25 @@ def test_a_groups_own_convention_wins_over_the_optimizers() -> None:
 
 # (param_groups keywords, the decayed groups' weight_decay, and their conventions)
 TIMESCALE_CASES = [
-    (dict(tau=1000, lr=LR, convention="adamw_corrected"), 1 / (LR * 1000), ["adamw_corrected", "adamw"]),
-    (dict(tau=1000, convention="adamw_indep"), 1 / 1000, ["adamw_indep"]),
-    (dict(tau_fraction=0.5, total_steps=2000, lr=LR, convention="adamw_cautious"), 1 / (LR * 1000), ["adamw_cautious"]),
-]
+    (dict(tau=1000, lr=LR, convention="adamw_corrected"), [1 / (LR * 1000)] * 2, ["adamw_corrected", "adamw"]),
+    (dict(tau=1000, convention="adamw_indep"), [1 / 1000], ["adamw_indep"]),
+    (dict(tau_fraction=0.5, total_steps=2000, lr=LR, convention="adamw_cautious"), [1 / (LR * 1000)], ["adamw_cautious"]),
+    # per group: with lr_max = 2 lr the corrected weights need twice the weight decay, the others do not
+    (dict(tau=1000, lr=LR, lr_max=2 * LR, convention="adamw_corrected"), [2 / (LR * 1000), 1 / (LR * 1000)], ["adamw_corrected", "adamw"]),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "kwargs, expected, keys", TIMESCALE_CASES, ids=[k["convention"] for k, _, _ in TIMESCALE_CASES]
+    "kwargs, expected, keys", TIMESCALE_CASES, ids=[str(sorted(k.items())) for k, _, _ in TIMESCALE_CASES]
 )
-def test_timescale_per_convention(kwargs: dict, expected: float, keys: list[str]) -> None:
+def test_timescale_per_convention(kwargs: dict, expected: list[float], keys: list[str]) -> None:
     """Every decayed group removes 1/tau per step at peak lr under the convention it carries."""
     decayed = [g for g in param_groups(Net(), **kwargs) if g["weight_decay"] > 0]
     assert [conventions.of_group(g).key for g in decayed] == keys
+    assert [g["weight_decay"] for g in decayed] == pytest.approx(expected, rel=1e-12)
     for g in decayed:
-        per_step = conventions.of_group(g).decay_per_step(g["weight_decay"], LR, LR)
-        assert per_step == pytest.approx(1 / 1000, rel=1e-12) and g["weight_decay"] == pytest.approx(
-            expected, rel=1e-12
-        )
+        per_step = conventions.of_group(g).decay_per_step(g["weight_decay"], LR, g.get("lr_max", LR))
+        assert per_step == pytest.approx(1 / 1000, rel=1e-12)
 
 
 ERRORS = [
@@ -270,7 +280,10 @@ ERRORS = [
         dict(convention="adamw_corrected", decay_scaling="lr"),
         "convention='adamw_corrected' sets ['decay_scaling'] itself",
     ),
-    (dict(convention="adamw_indep", lr_max=1e-3), "convention='adamw_indep' sets ['lr_max'] itself"),
+    (
+        dict(convention="adamw", lr_max=1e-3),
+        "lr_max= applies to decay that follows lr / lr_max (adamw_indep, adamw_corrected); the adamw convention has none",
+    ),
     (dict(convention="adamc"), "unknown weight-decay convention 'adamc'"),
 ]
 

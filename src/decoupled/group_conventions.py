@@ -70,7 +70,7 @@ __all__ = [
     "convention_of",
     "check_options",
     "decayed_parts",
-    "timescale_weight_decay",
+    "weight_decays",
     "describe_corrected",
 ]
 
@@ -80,7 +80,7 @@ def convention_of(key: str | None) -> Convention | None:
     return None if key is None else conventions.get(conversions.ALIASES.get(key, key))
 
 
-_KEYS = ("decay_scaling", "cautious_decay", "decoupled_weight_decay", "lr_independent_decay", "lr_max")
+_KEYS = ("decay_scaling", "cautious_decay", "decoupled_weight_decay", "lr_independent_decay")
 
 
 def group_keys(convention: Convention, scaling: Scaling | None = None) -> dict[str, Any]:
@@ -151,64 +151,87 @@ def check_options(convention: Convention | None, group_options: Mapping[str, Any
     clash = sorted(set(_KEYS) & set(group_options)) if convention is not None else []
     if clash:
         raise ValueError(
-            f"convention={convention.key!r} sets {clash} itself: pass the convention alone, and lr_max (if any) to "
-            f"the optimizer, decoupled.AdamW(groups, lr_max=...), which gives it to the groups whose decay follows it"
+            f"convention={convention.key!r} sets {clash} itself; pass the convention alone (or these keys without "
+            f"convention=)"
         )
 
 
 def decayed_parts(
-    model: nn.Module, decayed: list[str], convention: Convention | None, output_layer: str | Iterable[str] | None
+    model: nn.Module,
+    decayed: list[str],
+    convention: Convention | None,
+    output_layer: str | Iterable[str] | None,
+    lr_max: float | None = None,
 ) -> tuple[list[tuple[list[str], dict[str, Any]]], str | None]:
     """The decayed groups of ``param_groups`` as ``(names, convention keys)``, and for AdamC's grouping the report
     :func:`describe_corrected` (else None). One group without a convention or with one of torch's scaling;
-    AdamC's corrected weights, then the other decayed parameters, with ``"adamw_corrected"``."""
+    AdamC's corrected weights, then the other decayed parameters, with ``"adamw_corrected"``. ``lr_max`` goes
+    to the groups whose decay follows it (not torch's ``lr`` scaling)."""
     if convention is None or convention.scaling is not Scaling.CORRECTED:
         if output_layer is not None:
             raise ValueError("output_layer= only applies with convention='adamw_corrected' (AdamC's grouping)")
-        return [(decayed, {} if convention is None else group_keys(convention))], None
-    outputs = output_layers(model, output_layer)
-    corrected = corrected_weights(model, decayed, outputs)
-    plain = [n for n in decayed if n not in set(corrected)]
-    parts = [(corrected, group_keys(convention)), (plain, group_keys(convention, Scaling.LR))]
-    return parts, describe_corrected(corrected, outputs)
+        parts = [(decayed, {} if convention is None else group_keys(convention))]
+        report = None
+    else:
+        outputs = output_layers(model, output_layer)
+        corrected = corrected_weights(model, decayed, outputs)
+        plain = [n for n in decayed if n not in set(corrected)]
+        parts = [(corrected, group_keys(convention)), (plain, group_keys(convention, Scaling.LR))]
+        report = describe_corrected(corrected, outputs)
+    if lr_max is not None:
+        if convention is None or convention.scaling is Scaling.LR:
+            raise ValueError(
+                f"lr_max= applies to decay that follows lr / lr_max (adamw_indep, adamw_corrected); the "
+                f"{convention.key if convention else 'adamw'} convention has none"
+            )
+        for _, keys in parts:
+            if keys.get("decay_scaling") != Scaling.LR.value:
+                keys["lr_max"] = lr_max
+    return parts, report
 
 
-def timescale_weight_decay(
+def weight_decays(
     weight_decay: float | None,
+    parts: list[tuple[list[str], dict[str, Any]]],
     *,
     tau: float | None,
     tau_fraction: float | None,
     total_steps: int | None,
-    convention: Convention | None,
     lr: float | None,
-) -> float | None:
-    r"""``weight_decay``, or the one that gives the timescale ``tau`` / ``tau_fraction`` under ``convention``
-    (PyTorch's ``adamw`` when None) at peak ``lr``: :func:`decoupled.conversions.weight_decay_for_timescale`.
-    AdamC's uncorrected weights decay :math:`\gamma\lambda` per step at peak lr, as its corrected ones do, so
-    one value fits all its decayed groups."""
+) -> list[float]:
+    r"""The ``weight_decay`` of each decayed part of :func:`decayed_parts`: ``weight_decay`` (0.01 when None) for
+    all, or the one that gives the timescale ``tau`` / ``tau_fraction`` at peak ``lr`` under the part's own
+    convention (its keys; PyTorch's ``adamw`` without keys) and ``lr_max``
+    (:func:`decoupled.conversions.weight_decay_for_timescale`). With the default ``lr_max`` AdamC's two parts
+    get the same value; with another, the corrected part gets :math:`\gamma_{max}/(\gamma^2\tau)`."""
     if tau is None and tau_fraction is None:
         if total_steps is not None:
             raise ValueError(
                 "total_steps= goes with tau_fraction= (the run the timescale is a fraction of): pass tau_fraction=..., "
                 "or leave total_steps out"
             )
-        return weight_decay
+        return [0.01 if weight_decay is None else weight_decay] * len(parts)
     if weight_decay is not None:
         raise ValueError(
             "give weight_decay or a timescale (tau= / tau_fraction=), not both: the timescale sets weight_decay"
         )
-    convention = convention or conventions.ADAMW
-    try:
-        return conversions.weight_decay_for_timescale(
-            tau, lr, convention, tau_fraction=tau_fraction, total_steps=total_steps
-        )
-    except ValueError as err:
-        if "lr is required" not in str(err):
-            raise
-        raise ValueError(
-            f"a timescale with the {convention.key} convention needs the peak lr: pass lr=... (copied into every "
-            f"group); only adamw_indep's decay does not depend on lr"
-        ) from None
+    out = []
+    for _, keys in parts:
+        convention = conventions.of_group(keys)
+        try:
+            out.append(
+                conversions.weight_decay_for_timescale(
+                    tau, lr, convention, tau_fraction=tau_fraction, total_steps=total_steps, lr_max=keys.get("lr_max")
+                )
+            )
+        except ValueError as err:
+            if "lr is required" not in str(err):
+                raise
+            raise ValueError(
+                f"a timescale with the {convention.key} convention needs the peak lr: pass lr=... (copied into every "
+                f"group); only adamw_indep's decay does not depend on lr"
+            ) from None
+    return out
 
 
 def _pattern(name: str) -> str:

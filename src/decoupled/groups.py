@@ -351,10 +351,11 @@ def param_groups(
     **Setting the timescale instead** (Wang & Aitchison 2025, arXiv:2405.13698): give ``tau``, the
     EMA timescale of the decay in optimizer steps, or ``tau_fraction`` of a run of ``total_steps``
     steps, instead of ``weight_decay``, with the peak ``lr`` (a group option, copied into every
-    group). The decayed groups then get the ``weight_decay`` that removes :math:`1/\tau` of each
-    weight per step at peak lr :math:`\gamma` under ``convention`` (``adamw`` when not given;
+    group). Each decayed group then gets the ``weight_decay`` that removes :math:`1/\tau` of each
+    weight per step at peak lr :math:`\gamma` under the convention it carries (``adamw`` without one;
     :func:`decoupled.conversions.weight_decay_for_timescale`): :math:`1/(\gamma\tau)` for ``adamw``,
-    ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau` for ``adamw_indep`` (no lr needed).
+    ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau` for ``adamw_indep`` (no lr needed), and
+    :math:`\gamma_{max}/(\gamma^2\tau)` for corrected decay with an ``lr_max`` other than ``lr``.
     ``decoupled.check`` reports each group's timescale.
 
     Args:
@@ -366,6 +367,8 @@ def param_groups(
         convention: the weight-decay convention the groups carry (above); None for none.
         output_layer: with ``"adamw_corrected"``, the module name(s) of the output layer, which keeps
             torch's lr scaling; by default found as above.
+        lr_max: with a ``convention``, goes only to the decayed groups whose decay follows
+            ``lr / lr_max`` (by default the optimizer uses each group's initial lr).
         decay_embeddings, no_decay, decay: see :func:`no_decay_reasons`.
         verbose: print the decision (groups, their convention, tensor and element counts, why
             parameters were kept out of decay, and which layers got corrected decay).
@@ -386,12 +389,8 @@ def param_groups(
         [(['0.weight'], 'corrected'), (['2.weight'], 'lr'), (['0.bias', '1.weight', '1.bias', '2.bias'], None)]
     """
     conv = group_conventions.convention_of(convention)
-    weight_decay = group_conventions.timescale_weight_decay(
-        weight_decay, tau=tau, tau_fraction=tau_fraction, total_steps=total_steps, convention=conv,
-        lr=group_options.get("lr"),
-    )  # fmt: skip
-    weight_decay = 0.01 if weight_decay is None else weight_decay
-    check_number("weight_decay", weight_decay, hint="; typical AdamW values are 0.01 to 0.1")
+    if weight_decay is not None:
+        check_number("weight_decay", weight_decay, hint="; typical AdamW values are 0.01 to 0.1")
     reserved = {"params", "param_names", "weight_decay"} & set(group_options)
     if reserved:
         raise ValueError(
@@ -399,14 +398,18 @@ def param_groups(
             f"weight_decay= and choose parameters with no_decay=/decay= rules"
         )
     group_conventions.check_options(conv, group_options)
+    lr_max = group_options.pop("lr_max", None) if conv is not None else None  # only where the decay follows it
     reasons = no_decay_reasons(model, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay)
     named = dict(model.named_parameters())
     decayed = [n for n, r in reasons.items() if r is None and named[n].requires_grad]
     kept = [n for n, r in reasons.items() if r is not None and named[n].requires_grad]
-    parts, report = group_conventions.decayed_parts(model, decayed, conv, output_layer)
+    parts, report = group_conventions.decayed_parts(model, decayed, conv, output_layer, lr_max)
+    decays = group_conventions.weight_decays(
+        weight_decay, parts, tau=tau, tau_fraction=tau_fraction, total_steps=total_steps, lr=group_options.get("lr")
+    )
     groups = [
         {"params": [named[n] for n in names], "param_names": names, "weight_decay": wd, **keys, **group_options}
-        for names, wd, keys in [*((names, float(weight_decay), keys) for names, keys in parts), (kept, 0.0, {})]
+        for (names, keys), wd in [*zip(parts, map(float, decays)), ((kept, {}), 0.0)]
         if names
     ]
     if verbose:

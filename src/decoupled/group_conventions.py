@@ -25,11 +25,12 @@ act only on ``decoupled_weight_decay``: the scaled and cautious conventions need
 **AdamC's grouping** (``adamw_corrected``). Defazio et al. 2025 ("Why Gradients Rapidly Increase Near
 the End of Training", arXiv:2506.02285) derive corrected decay for a layer *followed by a
 normalization*: the layer's output then does not depend on the scale of its weight :math:`W`, so the
-gradient is orthogonal to :math:`W` and, under AdamW, :math:`\|W\|` settles where the growth from the
-updates balances the decay. That balance depends on :math:`\gamma_t/\lambda_t`; with torch's per-step
-decay :math:`\gamma_t\lambda` it moves as the schedule lowers :math:`\gamma_t`, and the gradient norm
-(relative to the weight norm) rises at the end of training. A per-step decay of
-:math:`\gamma_t^2\lambda/\gamma_{max}` holds the balance fixed. In their LLM experiments they consider
+gradient is orthogonal to :math:`W`, and :math:`\|W\|` settles where the growth from the updates
+balances the decay. At that steady state the ratio of gradient norm to weight norm is set by the decay
+and the lr (:math:`\sqrt{2\lambda/\gamma_t}` for SGD, after Van Laarhoven 2017), so with torch's
+per-step decay :math:`\gamma_t\lambda` it grows as the schedule lowers :math:`\gamma_t`: the rise of
+the gradient norm at the end of training. Decaying by :math:`\gamma_t^2\lambda/\gamma_{max}` per step
+(a weight decay proportional to the lr) holds the ratio fixed. In their LLM experiments they consider
 every linear layer as normalized, excluding the output layer of the network (as summarized by Chou,
 "Correction of Decoupled Weight Decay"). The default here follows that: the decayed ``weight`` of
 every linear layer (``nn.Linear`` and its subclasses, and transformers' ``Conv1D``, GPT-2's linear

@@ -149,7 +149,9 @@ def corrected_weights(model: nn.Module, decayed: Iterable[str], outputs: Iterabl
 
 def check_options(convention: Convention | None, group_options: Mapping[str, Any]) -> None:
     """ValueError when ``param_groups`` is given a convention and convention keys among its group options."""
-    clash = sorted(set(_KEYS) & set(group_options)) if convention is not None else []
+    if convention is None:
+        return
+    clash = sorted(set(_KEYS) & set(group_options))
     if clash:
         raise ValueError(
             f"convention={convention.key!r} sets {clash} itself; pass the convention alone (or these keys without "

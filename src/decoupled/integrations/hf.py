@@ -181,6 +181,7 @@ def create_optimizer_and_scheduler(
     lr, wd = float(args.learning_rate), float(args.weight_decay)
     chosen = group_conventions.convention_of(convention) or conventions.of_group(options)
     from_torch_form = tau is None and tau_fraction is None and wd != 0 and not chosen.coupled
+    timescale: dict[str, Any] = {}
     if tau is not None or tau_fraction is not None:
         if wd != 0:
             raise ValueError(
@@ -191,13 +192,11 @@ def create_optimizer_and_scheduler(
         timescale = {"tau": tau, "tau_fraction": tau_fraction, "total_steps": total}
     elif from_torch_form:
         timescale = {"tau": conversions.timescale_steps(lr, wd)}  # PyTorch's form, as the timescale it stands for
-    else:
-        timescale = {}
-    common = dict(
+    common: dict[str, Any] = dict(
         output_layer=output_layer, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay, verbose=verbose
     )
     if convention is not None:  # the groups carry it; each gets its own convention's value for the timescale
-        with_groups = {"lr": lr, **timescale} if timescale else {}
+        with_groups: dict[str, Any] = {"lr": lr, **timescale} if timescale else {}
         if "lr_max" in options:
             with_groups["lr_max"] = options.pop("lr_max")
         groups = param_groups(model, None if timescale else wd, convention=convention, **with_groups, **common)

@@ -13,6 +13,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	# timm, a test reference for corrected decay, without its dependencies: its package import needs
+	# torchvision (no CPU build; it would pull a CUDA torch), tests/test_timm_corrected.py loads only
+	# its optimizer files.
+	PIP_CONSTRAINT=constraints.txt $(PIP) install --quiet --no-deps timm==1.0.31
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
 	PIP_CONSTRAINT=constraints.txt $(PIP) install --quiet -e ".[all,peers,test,dev]"
 	touch $(STAMP)

@@ -340,8 +340,7 @@ TIMESCALE_ERRORS = [
     (dict(tau_fraction=0.5, lr=1e-3), "tau_fraction needs total_steps"),
     (dict(tau=-5, lr=1e-3), "tau must be a positive finite number"),
     (dict(tau=1000, tau_fraction=0.5, lr=1e-3, total_steps=10), "not both or neither"),
-    (dict(total_steps=1000), "go with a timescale"),
-    (dict(convention="adamw_indep"), "go with a timescale"),
+    (dict(total_steps=1000), "total_steps= goes with tau_fraction="),
 ]
 
 

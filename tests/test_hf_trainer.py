@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
 import decoupled  # noqa: E402
-from decoupled import schedules  # noqa: E402
+from decoupled import conventions, schedules  # noqa: E402
 from decoupled.integrations import hf  # noqa: E402
 
 STEPS = 20
@@ -147,32 +147,44 @@ def test_create_errors_and_warnings(tmp_path) -> None:
 
 
 LR = 3e-3
-# (AdamW options, tau keywords, the decayed group's weight_decay, the warning it gives or None)
+PER_STEP = LR * 0.1  # what TrainingArguments(weight_decay=0.1) removes per step at peak lr in PyTorch's form
+# (AdamW options or convention=, tau keywords, each decayed group's weight_decay, the warning it gives or None)
 WEIGHT_DECAY_CASES = [
-    ({}, {}, 0.1, None),
-    ({"foreach": False}, {}, 0.1, None),
+    ({}, {}, [0.1], None),
+    ({"foreach": False}, {}, [0.1], None),
     (
         {"lr_independent_decay": True},
         {},
-        LR * 0.1,
+        [LR * 0.1],
         r"weight_decay=0.1 is PyTorch's form .* converted to weight_decay=0.0003 for adamw_indep decay, which removes the same 0.0003 per step at peak lr \(timescale 3,333 steps\)",
     ),
-    (
-        {"lr_independent_decay": True, "lr_max": 2 * LR},
-        {},
-        2 * LR * 0.1,
-        r"converted to weight_decay=0.0006 for adamw_indep",
-    ),
-    ({}, {"tau": 1000}, 1 / (LR * 1000), None),
-    ({}, {"tau_fraction": 0.5}, 1 / (LR * 0.5 * STEPS), None),
-    ({"lr_independent_decay": True}, {"tau": 1000}, 1 / 1000, None),
-]
+    ({"lr_independent_decay": True, "lr_max": 2 * LR}, {}, [2 * LR * 0.1], r"converted to weight_decay=0.0006 for adamw_indep"),
+    ({"decay_scaling": "independent"}, {}, [LR * 0.1], r"converted to weight_decay=0.0003 for adamw_indep decay"),
+    ({"decay_scaling": "independent", "cautious_decay": True}, {}, [LR * 0.1], r"weight_decay=0.0003 for adamw_indep\+cautious"),
+    # corrected decay removes lr**2/lr_max*wd: PyTorch's value when lr_max is the peak lr, else scaled by lr_max/lr
+    ({"decay_scaling": "corrected"}, {}, [0.1], None),
+    ({"decay_scaling": "corrected", "lr_max": 2 * LR}, {}, [0.2], r"converted to weight_decay=0.2 for adamw_corrected decay"),
+    ({"cautious_decay": True}, {}, [0.1], None),
+    ({"decay_scaling": "corrected", "cautious_decay": True}, {}, [0.1], None),
+    # convention=: the groups carry it; AdamC's grouping has two decayed groups, each converted for its own scaling
+    ({"convention": "adamw_indep"}, {}, [LR * 0.1], r"converted to weight_decay=0.0003 for adamw_indep decay"),
+    ({"convention": "adamw_corrected", "lr_max": 2 * LR}, {}, [0.2, 0.1], r"weight_decay=0.2 for adamw_corrected .* in param group 0"),
+    ({"convention": "adam_l2"}, {}, [0.1], None),
+    # the timescale, per convention
+    ({}, {"tau": 1000}, [1 / (LR * 1000)], None),
+    ({}, {"tau_fraction": 0.5}, [1 / (LR * 0.5 * STEPS)], None),
+    ({"lr_independent_decay": True}, {"tau": 1000}, [1 / 1000], None),
+    ({"decay_scaling": "corrected"}, {"tau": 1000}, [1 / (LR * 1000)], None),
+    ({"decay_scaling": "corrected", "lr_max": 2 * LR}, {"tau": 1000}, [2 / (LR * 1000)], None),
+    ({"cautious_decay": True}, {"tau_fraction": 0.5}, [1 / (LR * 0.5 * STEPS)], None),
+    ({"convention": "adamw_corrected", "lr_max": 2 * LR}, {"tau": 1000}, [2 / (LR * 1000), 1 / (LR * 1000)], None),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "options, tau, expected, warns",
     WEIGHT_DECAY_CASES,
-    ids=[f"{sorted(o)}-{sorted(t)}" for o, t, _, _ in WEIGHT_DECAY_CASES],
+    ids=[f"{sorted(o.items())}-{sorted(t)}" for o, t, _, _ in WEIGHT_DECAY_CASES],
 )
 def test_weight_decay_follows_the_convention(tmp_path, caplog, options, tau, expected, warns) -> None:
     args = _args(tmp_path, learning_rate=LR, weight_decay=0.0 if tau else 0.1)
@@ -184,9 +196,47 @@ def test_weight_decay_follows_the_convention(tmp_path, caplog, options, tau, exp
         assert any(re.search(warns, m) for m in said), said
     else:
         assert not any("weight_decay" in m for m in said), said
-    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(expected, rel=1e-12)
-    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    groups = optimizer.param_groups
+    assert [g["weight_decay"] for g in groups[:-1]] == pytest.approx(expected, rel=1e-12)
+    assert groups[-1]["weight_decay"] == 0.0
     assert "timescale" in caplog.text and "of each decayed weight per step at peak lr" in caplog.text
+    # each decayed group removes 1/tau (or PyTorch's lr * 0.1) per step at peak lr under its convention
+    for g in groups[:-1]:
+        per_step = conventions.of_group(g).decay_per_step(g["weight_decay"], LR, g.get("lr_max"))
+        if per_step is not None:
+            assert per_step == pytest.approx(
+                1 / tau.get("tau", tau.get("tau_fraction", 0) * STEPS) if tau else PER_STEP
+            )
+
+
+@pytest.mark.parametrize(
+    "options, keys",
+    [
+        ({"decay_scaling": "corrected", "cautious_decay": True}, ["adamw_corrected+cautious"] * 2),
+        ({"convention": "adamw_corrected"}, ["adamw_corrected", "adamw", "adamw"]),
+        ({"convention": "adamw_cautious"}, ["adamw_cautious", "adamw"]),
+    ],
+    ids=["keywords", "adamc-grouping", "cautious-groups"],
+)
+def test_trainer_trains_with_the_convention(tmp_path, options, keys) -> None:
+    """The real Trainer runs the optimizer of each convention to the end; it learns, and each group keeps
+    its convention (cautious decay runs off torch's fused kernel, which cannot mask)."""
+    args = _args(tmp_path, learning_rate=LR)
+    model = _model()
+    optimizer, scheduler = hf.create_optimizer_and_scheduler(model, args, **options)
+    assert [conventions.of_group(g).key for g in optimizer.param_groups] == keys
+    losses, _ = _train(args, model=model, optimizers=(optimizer, scheduler))
+    assert losses[-1] < 0.9 * losses[0]
+    assert all(optimizer.state[p]["step"].item() == STEPS for g in optimizer.param_groups for p in g["params"])
+
+
+def test_convention_and_its_keywords_are_refused_together(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"convention='adamw_corrected' and \['decay_scaling'\] both choose"):
+        hf.create_optimizer_and_scheduler(_model(), _args(tmp_path), convention="adamw_corrected", decay_scaling="lr")
+    with pytest.raises(ValueError, match="output_layer= only applies with convention='adamw_corrected'"):
+        hf.create_optimizer_and_scheduler(_model(), _args(tmp_path), output_layer="lm_head")
+    with pytest.raises(ValueError, match="adam_l2 convention has no timescale"):
+        hf.create_optimizer_and_scheduler(_model(), _args(tmp_path, weight_decay=0.0), convention="adam_l2", tau=100)
 
 
 def test_lr_independent_conversion_decays_as_torch_does(tmp_path) -> None:
@@ -209,6 +259,28 @@ def test_lr_independent_conversion_decays_as_torch_does(tmp_path) -> None:
     assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))  # the decay did act
 
 
+def test_adamc_conversion_matches_torch_at_peak_lr_and_falls_as_lr_squared(tmp_path) -> None:
+    """AdamC's grouping from TrainingArguments(weight_decay=0.1): with zero gradients the corrected group loses
+    (lr_t / LR)**2 * LR * 0.1 per step (PyTorch's LR * 0.1 at peak lr), the output layer's group lr_t * 0.1."""
+    args = _args(tmp_path, learning_rate=LR, weight_decay=0.1, warmup_steps=2, lr_scheduler_type="linear")
+    model = _model()
+    with pytest.warns(UserWarning, match="converted to weight_decay=0.2 for adamw_corrected"):
+        opt, schedule = hf.create_optimizer_and_scheduler(model, args, convention="adamw_corrected", lr_max=2 * LR)
+    corrected, plain = opt.param_groups[0]["params"][0], opt.param_groups[1]["params"][0]
+    start = {p: p.detach().clone() for p in (corrected, plain)}
+    factor = {corrected: 1.0, plain: 1.0}
+    for _ in range(6):
+        lr = opt.param_groups[0]["lr"]
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step(), schedule.step()
+        factor[corrected] *= 1 - (lr / LR) ** 2 * LR * 0.1
+        factor[plain] *= 1 - lr * 0.1
+    assert factor[corrected] != factor[plain]
+    for p in (corrected, plain):
+        torch.testing.assert_close(p.detach(), start[p] * factor[p], rtol=1e-6, atol=0)
+
+
 def test_tau_and_a_weight_decay_are_refused_together(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"TrainingArguments\(weight_decay=0.1\) would be ignored"):
         hf.create_optimizer_and_scheduler(_model(), _args(tmp_path), tau=1000)
@@ -225,3 +297,29 @@ def test_trainer_groups_with_lr_independent_decay_warn_with_the_per_step_decay(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hf.optimizer_cls_and_kwargs(args)  # PyTorch's form: nothing to say
+
+
+# (AdamW options for Trainer's own groups, the warning or None)
+TRAINER_GROUP_CASES = [
+    ({}, None),
+    ({"cautious_decay": True}, None),
+    ({"decay_scaling": "corrected"}, None),  # lr**2/lr_max*wd with lr_max = lr: PyTorch's decay at peak lr
+    (
+        {"decay_scaling": "independent"},
+        r"removes 0.1 of every decayed weight per step at peak lr .*weight_decay=0.0003",
+    ),
+    ({"decay_scaling": "corrected", "lr_max": 2 * LR}, r"removes 0.00015 of every decayed weight .*weight_decay=0.2\)"),
+]
+
+
+@pytest.mark.parametrize(
+    "options, warns", TRAINER_GROUP_CASES, ids=[str(sorted(o.items())) for o, _ in TRAINER_GROUP_CASES]
+)
+def test_trainer_groups_warn_where_the_convention_changes_the_decay(tmp_path, options, warns) -> None:
+    args = _args(tmp_path, learning_rate=LR, weight_decay=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls, kwargs = hf.optimizer_cls_and_kwargs(args, **options)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any(re.search(warns, m) for m in said) if warns else not said, said
+    assert cls is decoupled.AdamW and {k: kwargs[k] for k in options} == options

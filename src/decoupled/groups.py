@@ -81,6 +81,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from . import group_conventions
+from .conventions import of_group
 from .hyper import check_number
 
 __all__ = ["param_groups", "no_decay_reasons", "describe", "is_norm", "TORCH_NORMS", "EMBEDDINGS"]
@@ -312,7 +314,8 @@ def param_groups(
     tau: float | None = None,
     tau_fraction: float | None = None,
     total_steps: int | None = None,
-    convention: str = "adamw",
+    convention: str | None = None,
+    output_layer: str | Iterable[str] | None = None,
     decay_embeddings: bool = True,
     no_decay: Iterable[Rule] = (),
     decay: Iterable[Rule] = (),
@@ -321,7 +324,7 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     r"""Optimizer param groups in which biases, norms (and optionally embeddings) do not decay.
 
-    Returns at most two groups, in this order, empty ones dropped::
+    Returns the decayed group(s), then the no-decay group, empty ones dropped::
 
         {"params": [...], "param_names": [...], "weight_decay": weight_decay, **group_options}
         {"params": [...], "param_names": [...], "weight_decay": 0.0,          **group_options}
@@ -329,33 +332,47 @@ def param_groups(
     usable as the first argument of :class:`decoupled.AdamW`, ``torch.optim.AdamW`` or any
     torch optimizer. Which parameters go where is :func:`no_decay_reasons` (same keyword
     arguments). Frozen parameters (``requires_grad=False``) are left out, as Hugging Face's
-    Trainer does; a tied parameter appears once.
+    Trainer does; a tied parameter appears once. ``param_names`` makes the optimizer's
+    ``state_dict`` and error messages name each parameter (torch wants names in all groups of
+    one optimizer or in none: give a group you add yourself a ``"param_names"`` list too).
 
-    ``param_names`` makes the optimizer's ``state_dict`` and error messages name each
-    parameter. torch requires all groups of one optimizer to have names or none: give a group
-    you add yourself a ``"param_names"`` list too.
+    **The convention** (a :mod:`decoupled.conventions` key): without ``convention`` the groups
+    carry none and the optimizer's keywords decide (``decoupled.AdamW(groups, decay_scaling=...)``).
+    With it, the decayed groups carry its keys (``decay_scaling``, ``cautious_decay``,
+    ``decoupled_weight_decay``; :mod:`decoupled.group_conventions`), which win over the optimizer's
+    keywords, so ``decoupled.AdamW(param_groups(model, convention=...), lr=...)`` follows it.
+    ``"adamw_corrected"`` follows AdamC (Defazio et al. 2025, arXiv:2506.02285): corrected decay,
+    :math:`\gamma_t^2\lambda/\gamma_{max}` per step, on the weights of the linear layers (taken as
+    followed by a normalization) in a first group, torch's :math:`\gamma_t\lambda` on the other
+    decayed parameters (embeddings, convolutions, and the **output layer**, whose scale sets the
+    logits') in a second. The output layer is ``output_layer`` (module names; ``()`` for none), else
+    a Hugging Face model's ``get_output_embeddings()``, else the last linear layer registered.
 
     **Setting the timescale instead** (Wang & Aitchison 2025, arXiv:2405.13698): give ``tau``, the
     EMA timescale of the decay in optimizer steps, or ``tau_fraction`` of a run of ``total_steps``
-    steps, instead of ``weight_decay``, with the peak ``lr`` (a group option, copied into both
-    groups) and the ``convention`` the optimizer will follow (a :mod:`decoupled.conventions` key).
-    The decayed group then gets the ``weight_decay`` that removes :math:`1/\tau` of each weight per
-    step at peak lr :math:`\gamma` (:func:`decoupled.conversions.weight_decay_for_timescale`):
-    :math:`1/(\gamma\tau)` for ``adamw``, ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau`
-    for ``adamw_indep`` (no lr needed). The groups do not carry the convention: build the optimizer
-    with it (``decoupled.conventions.get(convention).optimizer_options()`` lists its keywords), or
-    the number means something else; ``decoupled.check`` reports each group's timescale.
+    steps, instead of ``weight_decay``, with the peak ``lr`` (a group option, copied into every
+    group). Each decayed group then gets the ``weight_decay`` that removes :math:`1/\tau` of each
+    weight per step at peak lr :math:`\gamma` under the convention it carries (``adamw`` without one;
+    :func:`decoupled.conversions.weight_decay_for_timescale`): :math:`1/(\gamma\tau)` for ``adamw``,
+    ``adamw_corrected`` and ``adamw_cautious``, :math:`1/\tau` for ``adamw_indep`` (no lr needed), and
+    :math:`\gamma_{max}/(\gamma^2\tau)` for corrected decay with an ``lr_max`` other than ``lr``.
+    ``decoupled.check`` reports each group's timescale.
 
     Args:
         model: the model whose parameters to group.
-        weight_decay: :math:`\lambda` of the decayed group (for AdamW: the fraction of each
-            weight removed per step is ``lr * weight_decay``); 0.01 when neither it nor a
-            timescale is given.
-        tau, tau_fraction, total_steps, convention: the timescale instead of ``weight_decay`` (above).
+        weight_decay: :math:`\lambda` of the decayed groups, in ``convention``'s units (for AdamW:
+            the fraction of each weight removed per step is ``lr * weight_decay``); 0.01 when neither
+            it nor a timescale is given.
+        tau, tau_fraction, total_steps: the timescale instead of ``weight_decay`` (above).
+        convention: the weight-decay convention the groups carry (above); None for none.
+        output_layer: with ``"adamw_corrected"``, the module name(s) of the output layer, which keeps
+            torch's lr scaling; by default found as above.
+        lr_max: with a ``convention``, goes only to the decayed groups whose decay follows
+            ``lr / lr_max`` (by default the optimizer uses each group's initial lr).
         decay_embeddings, no_decay, decay: see :func:`no_decay_reasons`.
-        verbose: print the decision (groups, tensor and element counts, and why parameters
-            were kept out of decay).
-        **group_options: other per-group hyperparameters copied into both groups (``lr``,
+        verbose: print the decision (groups, their convention, tensor and element counts, why
+            parameters were kept out of decay, and which layers got corrected decay).
+        **group_options: other per-group hyperparameters copied into every group (``lr``,
             ``betas``, ...).
 
     Example:
@@ -367,46 +384,36 @@ def param_groups(
         >>> optimizer = decoupled.AdamW(groups, lr=1e-3)
         >>> [g["weight_decay"] for g in decoupled.param_groups(model, tau=10_000, lr=1e-3)]  # 1 / (1e-3 * 1e4)
         [0.1, 0.0]
+        >>> groups = decoupled.param_groups(model, 0.1, convention="adamw_corrected")  # 2 is the output layer
+        >>> [(g["param_names"], g.get("decay_scaling")) for g in groups]
+        [(['0.weight'], 'corrected'), (['2.weight'], 'lr'), (['0.bias', '1.weight', '1.bias', '2.bias'], None)]
     """
-    if tau is not None or tau_fraction is not None:
-        if weight_decay is not None:
-            raise ValueError(
-                "give weight_decay or a timescale (tau= / tau_fraction=), not both: the timescale sets weight_decay"
-            )
-        from .conversions import weight_decay_for_timescale
-
-        try:
-            weight_decay = weight_decay_for_timescale(
-                tau, group_options.get("lr"), convention, tau_fraction=tau_fraction, total_steps=total_steps
-            )
-        except ValueError as err:
-            if "lr is required" not in str(err):
-                raise
-            raise ValueError(
-                f"a timescale with the {convention} convention needs the peak lr: pass lr=... (copied into both "
-                f"groups); only adamw_indep's decay does not depend on lr"
-            ) from None
-    elif total_steps is not None or convention != "adamw":
-        raise ValueError("total_steps= and convention= go with a timescale (tau= or tau_fraction=)")
-    weight_decay = 0.01 if weight_decay is None else weight_decay
-    check_number("weight_decay", weight_decay, hint="; typical AdamW values are 0.01 to 0.1")
+    conv = group_conventions.convention_of(convention)
+    if weight_decay is not None:
+        check_number("weight_decay", weight_decay, hint="; typical AdamW values are 0.01 to 0.1")
     reserved = {"params", "param_names", "weight_decay"} & set(group_options)
     if reserved:
         raise ValueError(
             f"param_groups sets {sorted(reserved)} itself; pass the decay strength as "
             f"weight_decay= and choose parameters with no_decay=/decay= rules"
         )
+    group_conventions.check_options(conv, group_options)
+    lr_max = group_options.pop("lr_max", None) if conv is not None else None  # only where the decay follows it
     reasons = no_decay_reasons(model, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay)
     named = dict(model.named_parameters())
-    groups = []
-    for wd, wanted in ((float(weight_decay), True), (0.0, False)):
-        names = [n for n, r in reasons.items() if (r is None) == wanted and named[n].requires_grad]
-        if names:
-            groups.append(
-                {"params": [named[n] for n in names], "param_names": names, "weight_decay": wd, **group_options}
-            )
+    decayed = [n for n, r in reasons.items() if r is None and named[n].requires_grad]
+    kept = [n for n, r in reasons.items() if r is not None and named[n].requires_grad]
+    parts, report = group_conventions.decayed_parts(model, decayed, conv, output_layer, lr_max)
+    decays = group_conventions.weight_decays(
+        weight_decay, parts, tau=tau, tau_fraction=tau_fraction, total_steps=total_steps, lr=group_options.get("lr")
+    )
+    groups = [
+        {"params": [named[n] for n in names], "param_names": names, "weight_decay": wd, **keys, **group_options}
+        for (names, keys), wd in [*zip(parts, map(float, decays)), ((kept, {}), 0.0)]
+        if names
+    ]
     if verbose:
-        print(describe(model, groups, reasons))
+        print(describe(model, groups, reasons) + (f"\n{report}" if report else ""))
     return groups
 
 
@@ -419,10 +426,15 @@ def describe(model: nn.Module, groups: list[dict[str, Any]], reasons: dict[str, 
         f"decoupled.param_groups: {len(groups)} group(s), {sum(len(g['params']) for g in groups)} tensors, "
         f"{total:,} parameters" + (f" ({len(frozen)} frozen tensors left out)" if frozen else "")
     ]
+    keys = ("decay_scaling", "cautious_decay", "decoupled_weight_decay")  # a convention the group carries
+    labels = [of_group(g).key if any(k in g for k in keys) else "" for g in groups]
+    width = max(map(len, labels), default=0)
     for i, g in enumerate(groups):
         count = sum(p.numel() for p in g["params"])
+        label = f" {labels[i]:<{width}}" if width else ""
         lines.append(
-            f"  group {i}: weight_decay={g['weight_decay']:<8g} {len(g['params']):>5} tensors {count:>14,} parameters"
+            f"  group {i}: weight_decay={g['weight_decay']:<8g}{label} {len(g['params']):>5} tensors "
+            f"{count:>14,} parameters"
         )
         why: dict[str, list[int]] = defaultdict(list)
         for name, p in zip(g["param_names"], g["params"]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,7 +35,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "decoupled.integrations.hf needs transformers; install the extra: pip install 'decoupled[hf]'"
     ) from err
 
-from .. import conventions, conversions, schedules
+from .. import conventions, conversions, group_conventions, schedules
 from ..conventions import Convention, Scaling
 from ..doctor import SEVERITIES, Finding, check, format_findings, format_timescales, timescales
 from ..doctor.decay import TARGET_TAU_FRACTION, group_timescale, timescale_findings
@@ -81,18 +82,20 @@ def optimizer_cls_and_kwargs(args: Any, **options: Any) -> tuple[type[AdamW], di
 
     Trainer's groups carry ``args.weight_decay`` unchanged, so with lr-independent decay it is
     read as the fraction removed per step at peak lr (0.1 = 10% of every weight per step), not in
-    PyTorch's form: a warning states that decay. :func:`create_optimizer_and_scheduler` converts it.
+    PyTorch's form: a warning states that decay (and so for corrected decay with an ``lr_max`` other
+    than the peak lr). :func:`create_optimizer_and_scheduler` converts it.
     """
     _warn_if_not_adamw(args)
     convention = conventions.of_group(options)
     wd, lr = float(args.weight_decay), float(args.learning_rate)
     per_step = convention.decay_per_step(wd, lr, options.get("lr_max") or lr)
-    if convention.scaling is Scaling.INDEPENDENT and per_step:
+    if per_step and not math.isclose(per_step, lr * wd, rel_tol=1e-12):
+        torch_form = conversions.weight_decay_for_timescale(1 / (lr * wd), lr, convention, lr_max=options.get("lr_max"))
         warnings.warn(
             f"Trainer puts TrainingArguments.weight_decay={wd:g} in its groups as it is: with {convention.key} decay "
             f"that removes {per_step:.3g} of every decayed weight per step at peak lr (timescale "
             f"{1 / per_step:,.0f} steps). If {wd:g} is PyTorch's form, set TrainingArguments(weight_decay="
-            f"{lr * wd:.3g}) (lr * weight_decay), or use create_optimizer_and_scheduler, which converts it",
+            f"{torch_form:.3g}), or use create_optimizer_and_scheduler, which converts it",
             stacklevel=2,
         )
     return AdamW, {**optimizer_kwargs(args), **options}
@@ -109,6 +112,8 @@ def create_optimizer_and_scheduler(
     verbose: bool = False,
     tau: float | None = None,
     tau_fraction: float | None = None,
+    convention: str | None = None,
+    output_layer: str | Iterable[str] | None = None,
     **options: Any,
 ) -> tuple[AdamW, schedules.ScheduleBase]:
     r"""``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``, from ``model`` and its ``TrainingArguments``.
@@ -120,14 +125,24 @@ def create_optimizer_and_scheduler(
     ``args.lr_scheduler_kwargs`` and ``args.get_warmup_steps(num_training_steps)`` warmup steps
     (``warmup_steps`` < 1 is a fraction of the run, as in Trainer).
 
+    **The convention.** AdamW keywords in ``options`` (``decay_scaling="independent"`` or
+    ``"corrected"``, ``cautious_decay=True``, ``lr_max=``) apply to every group, as in
+    :class:`decoupled.AdamW`. ``convention=`` (a :mod:`decoupled.conventions` key) is passed to
+    :func:`decoupled.param_groups` instead, whose groups then carry it (with ``lr_max``, if given, where
+    the decay follows it); ``"adamw_corrected"`` is AdamC's grouping, corrected decay on the linear
+    layers but the output layer (``output_layer=``).
+
     **The weight decay.** ``args.weight_decay`` is in PyTorch's form, as Trainer reads it: the
-    decayed group loses :math:`\gamma\lambda` of each weight per step at peak lr :math:`\gamma`. With
-    another convention in ``options`` (``lr_independent_decay=True``, ``decay_scaling=...``) it is
-    converted to the weight decay that removes the same per step at peak lr (the same timescale
-    :math:`\tau = 1/(\gamma\lambda)`; lr-independent decay gets :math:`\gamma_{max}\lambda`), with a
-    warning that says so. Or give the timescale, ``tau`` steps or ``tau_fraction`` of the run, with
-    ``args.weight_decay=0`` (:func:`decoupled.conversions.weight_decay_for_timescale`; Wang &
-    Aitchison 2025, arXiv:2405.13698). The decision is logged at INFO on this module's logger.
+    decayed group loses :math:`\gamma\lambda` of each weight per step at peak lr :math:`\gamma`. Each
+    decayed group gets the weight decay that removes the same per step at peak lr under its own
+    convention (the same timescale :math:`\tau = 1/(\gamma\lambda)`): lr-independent decay
+    :math:`\gamma_{max}\lambda`; corrected decay :math:`\lambda\gamma_{max}/\gamma`, i.e. unchanged
+    with the default ``lr_max`` (its decay then equals PyTorch's at peak lr and falls as
+    :math:`\gamma_t^2` after); cautious decay unchanged. A changed value comes with a warning that
+    says so. Or give the timescale, ``tau`` steps or ``tau_fraction`` of the run, with
+    ``args.weight_decay=0``, and each group gets its convention's value for it
+    (:func:`decoupled.conversions.weight_decay_for_timescale`; Wang & Aitchison 2025,
+    arXiv:2405.13698). Each group's decision is logged at INFO on this module's logger.
 
     Args:
         model: the model Trainer will train (build the optimizer before ``Trainer(...)``).
@@ -135,16 +150,19 @@ def create_optimizer_and_scheduler(
         num_training_steps: optimizer steps in the run; by default ``args.max_steps``. With
             epochs instead, pass ``ceil(len(train_dataloader) / gradient_accumulation_steps)
             * num_train_epochs``.
-        decay_embeddings, no_decay, decay, verbose: as in :func:`decoupled.param_groups`.
+        decay_embeddings, no_decay, decay, verbose, convention, output_layer: as in
+            :func:`decoupled.param_groups`.
         tau, tau_fraction: the decay timescale, in steps or as a fraction of the run, instead of
             ``args.weight_decay``.
-        **options: extra :class:`decoupled.AdamW` keywords (``lr_independent_decay=True``,
-            ``foreach=False``, ...). The backend is otherwise chosen automatically (the fused
-            kernel on CPU and CUDA, as Trainer's default ``adamw_torch_fused``).
+        **options: extra :class:`decoupled.AdamW` keywords (``decay_scaling="corrected"``,
+            ``cautious_decay=True``, ``foreach=False``, ...). The backend is otherwise chosen
+            automatically (the fused kernel on CPU and CUDA, as Trainer's default
+            ``adamw_torch_fused``, where the convention allows).
 
     Raises:
-        ValueError: the number of steps is unknown, the scheduler type has no equivalent, or
-            both ``tau`` and a nonzero ``args.weight_decay`` are given.
+        ValueError: the number of steps is unknown, the scheduler type has no equivalent, both
+            ``tau`` and a nonzero ``args.weight_decay`` are given, or both ``convention`` and
+            convention keywords in ``options``.
     """
     _warn_if_not_adamw(args)
     if num_training_steps is None:
@@ -154,11 +172,51 @@ def create_optimizer_and_scheduler(
                 "num_training_steps=ceil(len(train_dataloader) / gradient_accumulation_steps) * num_train_epochs"
             )
         num_training_steps = args.max_steps
-    weight_decay = _weight_decay(args, options, num_training_steps, tau, tau_fraction)
-    groups = param_groups(
-        model, weight_decay, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay, verbose=verbose
+    clash = sorted({"decay_scaling", "cautious_decay", "lr_independent_decay"} & set(options))
+    if convention is not None and clash:
+        raise ValueError(
+            f"convention={convention!r} and {clash} both choose the weight-decay convention: pass convention= (the "
+            f"groups carry it) or the AdamW keywords (every group follows them), not both"
+        )
+    lr, wd = float(args.learning_rate), float(args.weight_decay)
+    chosen = group_conventions.convention_of(convention) or conventions.of_group(options)
+    from_torch_form = tau is None and tau_fraction is None and wd != 0 and not chosen.coupled
+    timescale: dict[str, Any] = {}
+    if tau is not None or tau_fraction is not None:
+        if wd != 0:
+            raise ValueError(
+                f"tau/tau_fraction set the weight decay, and TrainingArguments(weight_decay={wd:g}) would be ignored: "
+                f"set weight_decay=0.0, or leave out tau"
+            )
+        total = num_training_steps if tau_fraction is not None else None
+        timescale = {"tau": tau, "tau_fraction": tau_fraction, "total_steps": total}
+    elif from_torch_form:
+        timescale = {"tau": conversions.timescale_steps(lr, wd)}  # PyTorch's form, as the timescale it stands for
+    common: dict[str, Any] = dict(
+        output_layer=output_layer, decay_embeddings=decay_embeddings, no_decay=no_decay, decay=decay, verbose=verbose
     )
-    optimizer = AdamW(groups, **{**optimizer_kwargs(args), "weight_decay": weight_decay, **options})
+    if convention is not None:  # the groups carry it; each gets its own convention's value for the timescale
+        with_groups: dict[str, Any] = {"lr": lr, **timescale} if timescale else {}
+        if "lr_max" in options:
+            with_groups["lr_max"] = options.pop("lr_max")
+        groups = param_groups(model, None if timescale else wd, convention=convention, **with_groups, **common)
+    else:  # the optimizer's keywords decide: one decayed group, with their convention's value
+        weight_decay = wd
+        if timescale:
+            weight_decay = conversions.weight_decay_for_timescale(
+                timescale["tau"], lr, chosen, tau_fraction=timescale.get("tau_fraction"),
+                total_steps=timescale.get("total_steps"), lr_max=options.get("lr_max"),
+            )  # fmt: skip
+        groups = param_groups(model, weight_decay, **common)
+    decayed = [(i, g) for i, g in enumerate(groups) if g["weight_decay"] > 0]
+    for i, g in decayed:
+        if from_torch_form and math.isclose(g["weight_decay"], wd, rel_tol=1e-12):
+            g["weight_decay"] = wd  # the same number, not its round trip through the timescale
+        _explain(args, i, g, options, num_training_steps, converted=from_torch_form and g["weight_decay"] != wd)
+    if not decayed:
+        logger.info("decoupled.AdamW: no weight decay (weight_decay=0 in every param group)")
+    wd = decayed[0][1]["weight_decay"] if decayed else 0.0
+    optimizer = AdamW(groups, **{**optimizer_kwargs(args), "weight_decay": wd, **options})
     scheduler = get_scheduler(
         _name(args.lr_scheduler_type),
         optimizer,
@@ -169,39 +227,29 @@ def create_optimizer_and_scheduler(
     return optimizer, scheduler
 
 
-def _weight_decay(
-    args: Any, options: dict[str, Any], total_steps: int, tau: float | None, tau_fraction: float | None
-) -> float:
-    """The decayed group's weight_decay for the convention in ``options`` (see create_optimizer_and_scheduler)."""
-    convention: Convention = conventions.of_group(options)
-    lr, wd, lr_max = float(args.learning_rate), float(args.weight_decay), options.get("lr_max")
-    if tau is not None or tau_fraction is not None:
-        if wd != 0:
-            raise ValueError(
-                f"tau/tau_fraction set the weight decay, and TrainingArguments(weight_decay={wd:g}) would be "
-                f"ignored: set weight_decay=0.0, or leave out tau"
-            )
-        out = conversions.weight_decay_for_timescale(
-            tau, lr, convention, tau_fraction=tau_fraction, total_steps=total_steps, lr_max=lr_max
-        )
-    elif convention.coupled or convention.scaling is Scaling.LR or wd == 0:
-        out = wd
-    else:
-        tau_steps = conversions.timescale_steps(lr, wd)
-        out = conversions.weight_decay_for_timescale(tau_steps, lr, convention, lr_max=lr_max)
+def _explain(
+    args: Any, index: int, group: dict[str, Any], options: dict[str, Any], total_steps: int, converted: bool
+) -> None:
+    """Log a decayed group's decision at INFO; warn when ``args.weight_decay`` was ``converted`` to another number."""
+    convention: Convention = conventions.of_group({**options, **group})
+    lr, wd, out = float(args.learning_rate), float(args.weight_decay), group["weight_decay"]
+    lr_max = None if convention.scaling is Scaling.LR else group.get("lr_max", options.get("lr_max"))
+    if converted:
         warnings.warn(
             f"TrainingArguments.weight_decay={wd:g} is PyTorch's form (lr * weight_decay = {lr * wd:.3g} of each "
             f"weight per step at peak lr {lr:g}); converted to weight_decay={out:.6g} for {convention.key} decay, "
-            f"which removes the same {lr * wd:.3g} per step at peak lr (timescale {tau_steps:,.0f} steps)",
+            f"which removes the same {lr * wd:.3g} per step at peak lr (timescale {1 / (lr * wd):,.0f} steps) in "
+            f"param group {index}",
             stacklevel=3,
         )
     per_step = convention.decay_per_step(out, lr, lr_max or lr) or 0.0
     logger.info(
-        "decoupled.AdamW, %s convention: weight_decay=%.6g removes %.3g of each decayed weight per step at peak lr "
-        "%g (timescale %s steps, run %d steps)",
-        *(convention.key, out, per_step, lr, f"{1 / per_step:,.0f}" if per_step else "inf", total_steps),
-    )
-    return out
+        "decoupled.AdamW, param group %d (%d tensors), %s convention: weight_decay=%.6g removes %.3g of each decayed "
+        "weight per step at peak lr %g%s (timescale %s steps, run %d steps)",
+        *(index, len(group["params"]), convention.key, out, per_step, lr),
+        *(" on the coordinates it decays" if convention.cautious else "",
+          f"{1 / per_step:,.0f}" if per_step else "inf", total_steps),
+    )  # fmt: skip
 
 
 def _warn_if_not_adamw(args: Any) -> None:

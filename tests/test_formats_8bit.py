@@ -26,6 +26,7 @@ import decoupled
 from decoupled import formats
 from decoupled.formats.blockwise8 import BLOCK, BLOCKWISE8, MIN_NUMEL, codebook
 from decoupled.formats.dense import FP32
+from decoupled.formats.float8 import BLOCKFLOAT8
 
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 HALF_GAP = {s: codebook(s).values.diff().max().item() / 2 for s in (True, False)}  # signed, unsigned
@@ -264,7 +265,8 @@ def test_small_tensors_keep_fp32_moments():
     assert BLOCKWISE8.for_param(torch.empty(63, 65)) is FP32
     assert BLOCKWISE8.for_param(torch.empty(4096)) is BLOCKWISE8
     assert BLOCKWISE8.for_param(torch.empty(64, 64)) is BLOCKWISE8
-    assert formats.get("8bit") is BLOCKWISE8 and BLOCKWISE8.name == "8bit" and BLOCKWISE8.block == BLOCK
+    assert BLOCKWISE8.block == BLOCK and BLOCKWISE8 in formats.LEGACY  # loads, no option names it
+    assert formats.get("8bit") is BLOCKFLOAT8  # moments="8bit": the blockwise float8 code
 
     small, large = torch.zeros(4095, requires_grad=True), torch.zeros(4096, requires_grad=True)
     opt = decoupled.AdamW([small, large], moments="8bit")
@@ -272,7 +274,7 @@ def test_small_tensors_keep_fp32_moments():
     opt.step()
     assert set(opt.state[small]) == {"step", "exp_avg", "exp_avg_sq"}
     assert opt.state[small]["exp_avg"].dtype == torch.float32
-    assert set(opt.state[large]) == {"step", "exp_avg_q8", "exp_avg_absmax", "exp_avg_sq_q8", "exp_avg_sq_absmax"}
+    assert set(opt.state[large]) == {"step", "exp_avg_e4m3", "exp_avg_scale", "exp_avg_sq_e5m3", "exp_avg_sq_scale"}
 
 
 def test_keys_holds_and_view():
@@ -343,11 +345,15 @@ def run(params, opt, steps: int, first: int = 0) -> None:
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_8bit_stays_close_to_fp32_adamw(amsgrad):
-    """20 steps on a fixed gradient sequence. Each store rounds a moment by at most half a code
-    gap of its block's absmax (0.7% signed, 0.35% unsigned); the EMAs carry these errors on
-    (decaying by beta), so after 20 steps the moments are within 10% of the block absmax
-    (measured: 4% for exp_avg, 3% for exp_avg_sq). The parameters' updates differ per step by
-    a few percent of lr and average out: measured mean 0.07 lr, max 0.55 lr after 20 steps."""
+    """20 steps on a fixed gradient sequence with moments="8bit" (the blockwise float8 code,
+    :mod:`decoupled.formats.float8`). Each store rounds a moment by at most half a code step,
+    2^-4 of its value (plus half a float16 step), where the older tree code rounded by half a
+    gap of the block's absmax (0.7% signed, 0.35% unsigned, coarser far below the absmax). The
+    EMAs carry these errors on (decaying by beta): after 20 steps the moments are within 35% of
+    their block's absmax (measured: 16% for exp_avg, 28% for exp_avg_sq; the tree: 4% and 3%),
+    and the parameters' updates, which differ per step by a few percent of lr, average out:
+    measured mean 0.15 lr, max 1.36 lr (the tree: 0.07 and 0.55). Final losses of whole runs
+    are closer to fp32's than the tree code's (test_8bit_trains_like_fp32)."""
     ref = params_like()
     ref_opt = torch.optim.AdamW(ref, amsgrad=amsgrad, **HYPER)
     params = params_like()
@@ -356,31 +362,31 @@ def test_8bit_stays_close_to_fp32_adamw(amsgrad):
     run(params, opt, 20)
     lr = HYPER["lr"]
     for p, r in zip(params, ref):
-        fmt = BLOCKWISE8.for_param(p)
+        fmt = BLOCKFLOAT8.for_param(p)
         diff = (p - r).abs()
         if fmt is FP32:
             torch.testing.assert_close(p, r)
             continue
-        assert diff.mean() < 0.15 * lr and diff.max() < 1.5 * lr, (tuple(p.shape), diff.mean() / lr, diff.max() / lr)
+        assert diff.mean() < 0.2 * lr and diff.max() < 1.5 * lr, (tuple(p.shape), diff.mean() / lr, diff.max() / lr)
         for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
             want = ref_opt.state[r][moment]
             got = fmt.decode(opt.state[p], p, moment)
             assert got.shape == p.shape
             err = (got - want).abs().reshape(-1)
-            assert torch.all(err <= 0.1 * block_absmax(want)), (tuple(p.shape), moment)
+            assert torch.all(err <= 0.35 * block_absmax(want)), (tuple(p.shape), moment)
             if not signed(moment):
                 assert torch.all(got >= 0)
     # the state is 1 byte per element plus 4 per block of 256
     q = opt.state[params[0]]
-    assert q["exp_avg_q8"].dtype == torch.uint8 and q["exp_avg_q8"].shape == (64 * 72,)
-    assert q["exp_avg_absmax"].shape == (18,)
+    assert q["exp_avg_e4m3"].dtype == torch.uint8 and q["exp_avg_e4m3"].shape == (64 * 72,)
+    assert q["exp_avg_scale"].shape == (18,)
 
 
 def test_8bit_trains_like_fp32():
     """A small MLP regressing a random teacher, 200 full-batch steps: the final loss is within
-    [0.85, 1.05] x that of fp32 moments. Measured 0.95 (0.92-0.96 over four seeds): lower, not
-    higher, because round-to-nearest lets small second moments (coarse codes, far below their
-    block's absmax) lag behind their growth, which makes those steps slightly larger."""
+    [0.85, 1.05] x that of fp32 moments (measured with the float8 code: 0.964-0.992 over three
+    model seeds; with the older tree code 0.92-0.96, lower because its coarse codes far below a
+    block's absmax let small second moments lag behind their growth)."""
 
     def final_loss(**kw) -> float:
         torch.manual_seed(0)
@@ -394,7 +400,7 @@ def test_8bit_trains_like_fp32():
             opt.zero_grad()
             loss.backward()
             opt.step()
-        assert ("exp_avg_q8" in opt.state[model[0].weight]) == (kw.get("moments") == "8bit")
+        assert ("exp_avg_e4m3" in opt.state[model[0].weight]) == (kw.get("moments") == "8bit")
         return loss.item()
 
     fp32, q8 = final_loss(), final_loss(moments="8bit")
@@ -432,7 +438,7 @@ def test_8bit_checkpoint_round_trip():
         for moment in ("exp_avg", "exp_avg_sq"):
             entry = saved["state"][i]
             assert state[moment].dtype == torch.float32 and state[moment].shape == p.shape
-            assert torch.equal(state[moment], BLOCKWISE8.decode(entry, p, moment))
+            assert torch.equal(state[moment], BLOCKFLOAT8.decode(entry, p, moment))
     run(dense, plain, 5, first=3)
     for a, b in zip(dense, params):
         assert (a - b).abs().max() < 0.5 * HYPER["lr"]
@@ -442,5 +448,34 @@ def test_8bit_checkpoint_round_trip():
     q8.load_state_dict(plain.state_dict())
     for p, d in zip(back, dense):
         for moment in ("exp_avg", "exp_avg_sq"):
-            want = BLOCKWISE8.encode(plain.state[d][moment], p, moment)
+            want = BLOCKFLOAT8.encode(plain.state[d][moment], p, moment)
             assert all(torch.equal(q8.state[p][k], want[k]) for k in want)
+
+
+def test_a_tree_code_checkpoint_loads_into_8bit_moments_and_training_continues():
+    """Checkpoints of moments="8bit" saved before the float8 code hold the tree code (``_q8`` and
+    ``_absmax`` keys): they load, converted piece by piece into the float8 code, within both codes'
+    rounding of the saved values, and training continues near the uninterrupted run."""
+    params = params_like()[:2]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    ref_opt = torch.optim.AdamW(ref, **HYPER)
+    run(ref, ref_opt, 3)
+    tree_sd = copy.deepcopy(ref_opt.state_dict())
+    for i, r in enumerate(ref):
+        if BLOCKWISE8.for_param(r) is BLOCKWISE8:
+            entry = tree_sd["state"][i]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                entry.update(BLOCKWISE8.encode(entry.pop(moment), r, moment))  # the tree code's keys
+    resumed = [r.detach().clone().requires_grad_() for r in ref]
+    opt = decoupled.AdamW(resumed, moments="8bit", **HYPER)
+    opt.load_state_dict(tree_sd)
+    for i, p in enumerate(resumed):
+        fmt = BLOCKFLOAT8.for_param(p)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            want = ref_opt.state[ref[i]][moment].reshape(-1)
+            got = fmt.decode(opt.state[p], p, moment).reshape(-1)
+            assert torch.all((got - want).abs() <= 2**-4 * want.abs() + 0.01 * block_absmax(want)), moment
+    run(ref, ref_opt, 5, first=3)
+    run(resumed, opt, 5, first=3)
+    for a, b in zip(resumed, ref):
+        assert (a - b).abs().max() < 0.5 * HYPER["lr"]

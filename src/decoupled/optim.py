@@ -153,8 +153,13 @@ class _AdamFamily(Optimizer):
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", self._default_decoupled)
             conventions.normalize_group(group)
+            fmt, rounding = formats.options(group)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
+                if p_state and formats.is_formatted(group, p) and formats.which(p_state, "exp_avg", p) is not fmt.for_param(p):
+                    # unpickled from a release whose format of this name stored other codes (the tree
+                    # 8-bit code before the float8 one): converted as a load converts it
+                    self.state[p] = p_state = formats.convert_entry(p_state, p, fmt, rounding)
                 if p_state and not torch.is_tensor(p_state["step"]):  # checkpoints before torch 1.12
                     on_device = group["capturable"] or group["fused"]
                     p_state["step"] = torch.tensor(

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         cells = [r["checkpoint"], r["load"]["peak"], r["load"]["after"], r["step"]["peak"], r["step"]["after"]]
-        lines.append(f"| {r['case']} | " + " | ".join(f"{c / MiB:.0f}" for c in cells) + f" | {r['step']['state'] / MiB:.0f} |")
+        lines.append(
+            f"| {r['case']} | " + " | ".join(f"{c / MiB:.0f}" for c in cells) + f" | {r['step']['state'] / MiB:.0f} |"
+        )
     print(header + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "params_m": args.params, "rows": rows}, indent=1))

@@ -28,7 +28,11 @@ from scenario import DEVICE
 
 # ---- backends -------------------------------------------------------------------------------
 
-TORCH_TWIN: dict[str, dict[str, Any]] = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+TORCH_TWIN: dict[str, dict[str, Any]] = {
+    "loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
 """Backends that run torch's own implementation for the same flags: parity is bitwise."""
 
 LOOSE: dict[str, dict[torch.dtype, dict[str, float]]] = {

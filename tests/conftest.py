@@ -11,7 +11,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from the same random state, whatever ran before it: torch's generator,
+    and the stochastic-rounding noise pool (drawn from it on first use, then reused)."""
+    from decoupled.formats.rounding import NOISE
+
     torch.manual_seed(0)
+    NOISE.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,10 @@ BAD = [
     (["--device", "cuda:0"], "--device 'cuda:0': no cuda device is available here"),
     (["--device", "gpu"], "unknown device 'gpu'; use cpu or cuda"),
     (["--device", "meta"], "--device 'meta' cannot run the benchmark; use cpu or cuda"),
-    (["--only", "nosuchthing"], "--only 'nosuchthing': 'nosuchthing' matches no contender; use words from their names: .*fused=True"),
+    (
+        ["--only", "nosuchthing"],
+        "--only 'nosuchthing': 'nosuchthing' matches no contender; use words from their names: .*fused=True",
+    ),
     (["--only", "fused=True,nosuch"], "--only 'fused=True,nosuch': 'nosuch' matches no contender"),
     (["--only", ""], "--only '': names no contender; use words from their names"),
     (["--out", "a-file"], "--out 'a-file' is a file; give a folder"),

@@ -24,7 +24,9 @@ from decoupled.formats.rounding import NOISE
 from scenario import clone_params, gradient, make_params
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
-_spec = importlib.util.spec_from_file_location("make_pickled_optimizers", os.path.join(DATA, "make_pickled_optimizers.py"))
+_spec = importlib.util.spec_from_file_location(
+    "make_pickled_optimizers", os.path.join(DATA, "make_pickled_optimizers.py")
+)
 fixture = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixture)  # type: ignore[union-attr]
 
@@ -101,8 +103,15 @@ def meta_loss(cls, options, lr, beta1, beta2, weight_decay, amsgrad):
     regression, then the loss, as a function of the tensor hyperparameters."""
     g = torch.Generator().manual_seed(0)
     params = torch.rand(10, generator=g, dtype=torch.float64, requires_grad=True).clone()
-    opt = cls([params], lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, amsgrad=amsgrad,
-              differentiable=True, **options)
+    opt = cls(
+        [params],
+        lr=lr,
+        betas=(beta1, beta2),
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        differentiable=True,
+        **options,
+    )
     w = torch.linspace(-1.0, 2.0, 10, dtype=torch.float64)  # a different gradient for each element
 
     def loss():
@@ -194,7 +203,9 @@ def test_fused_declares_amp_scaling(name):
     ours, theirs = getattr(decoupled, name), getattr(torch.optim, name)
     for kwargs in ({"fused": True}, {}, {"foreach": True}):
         judge = getattr(theirs([torch.ones(1, requires_grad=True)], **kwargs), "_step_supports_amp_scaling", False)
-        assert getattr(ours([torch.ones(1, requires_grad=True)], **kwargs), "_step_supports_amp_scaling", False) == judge
+        assert (
+            getattr(ours([torch.ones(1, requires_grad=True)], **kwargs), "_step_supports_amp_scaling", False) == judge
+        )
 
 
 @pytest.mark.parametrize("no_grad_scale", [False, True])
@@ -275,7 +286,9 @@ def test_capturable_on_cpu_is_refused_at_step_as_torch_does(name, foreach):
     p = torch.ones(3, requires_grad=True)
     p.grad = torch.ones(3)
     opt = getattr(decoupled, name)([p], capturable=True, foreach=foreach)
-    with pytest.raises(AssertionError, match=r"If capturable=True, params and state_steps must be on supported devices"):
+    with pytest.raises(
+        AssertionError, match=r"If capturable=True, params and state_steps must be on supported devices"
+    ):
         opt.step()
     assert torch.equal(p.detach(), torch.ones(3)) and not opt.state[p]
 
@@ -303,7 +316,10 @@ def test_adam_l2_on_complex_parameters_is_torchs_loop_to_the_bit():
 def test_negative_lr_from_a_schedule_warns_and_steps_like_torch(name):
     ps = make_params("basic", torch.float64)
     mine, judge = [p.detach().clone().requires_grad_() for p in ps], [p.detach().clone().requires_grad_() for p in ps]
-    a, b = run(getattr(decoupled, name), mine, steps=2, foreach=False), run(getattr(torch.optim, name), judge, steps=2, foreach=False)
+    a, b = (
+        run(getattr(decoupled, name), mine, steps=2, foreach=False),
+        run(getattr(torch.optim, name), judge, steps=2, foreach=False),
+    )
     for opt in (a, b):
         opt.param_groups[0]["lr"] = -1e-2
     for params in (mine, judge):

@@ -32,7 +32,11 @@ BAD_ARGUMENTS = [
     (dict(fused=True, foreach=True), RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, differentiable=True), RuntimeError, r"`fused` does not support `differentiable`"),
     (dict(lr_max=1e-3), ValueError, r"lr_max only applies with decay_scaling='independent' or 'corrected'"),
-    (dict(decay_scaling="cubic"), ValueError, r"unknown decay_scaling='cubic'; choose one of \['lr', 'independent', 'corrected'\]"),
+    (
+        dict(decay_scaling="cubic"),
+        ValueError,
+        r"unknown decay_scaling='cubic'; choose one of \['lr', 'independent', 'corrected'\]",
+    ),
     (dict(decay_scaling="corrected", lr_max=math.inf), ValueError, r"Invalid lr_max: inf"),
     (dict(decay_scaling="corrected", lr_independent_decay=True), ValueError, r"contradict each other"),
     (dict(lr_independent_decay=True, lr_max=-1.0), ValueError, r"Invalid lr_max: -1.0"),
@@ -93,7 +97,10 @@ def test_sparse_gradient_in_a_later_group_changes_nothing(backend):
     before = snapshot(opt, ps)
     ps[0].grad = torch.randn_like(ps[0])
     ps[2].grad = torch.randn(5).to_sparse()
-    with pytest.raises(RuntimeError, match=r"does not support sparse gradients \(parameter 0 of param group 1, shape \(5,\)\).*SparseAdam"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"does not support sparse gradients \(parameter 0 of param group 1, shape \(5,\)\).*SparseAdam",
+    ):
         opt.step()
     assert_untouched(opt, ps, before)
 
@@ -110,7 +117,10 @@ def test_fused_with_complex_params_says_why():
     p = torch.randn(3, dtype=torch.complex64, requires_grad=True)
     opt = decoupled.AdamW([p], fused=True)
     p.grad = torch.randn_like(p)
-    with pytest.raises(RuntimeError, match=r"`fused=True` requires all the params to be floating point Tensors .* but torch.complex64 and cpu"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"`fused=True` requires all the params to be floating point Tensors .* but torch.complex64 and cpu",
+    ):
         opt.step()
     assert not opt.state[p]  # nothing was initialized by the failed step
 
@@ -122,6 +132,7 @@ def _del(path):
         for k in path[:-1]:
             obj = obj[k]
         del obj[path[-1]]
+
     return f
 
 
@@ -131,22 +142,47 @@ def _set(path, value):
         for k in path[:-1]:
             obj = obj[k]
         obj[path[-1]] = value
+
     return f
 
 
 BAD_STATE_DICTS = [
     ("not a state dict", lambda sd: sd.clear(), r"expected a mapping with keys 'state' and 'param_groups'"),
     ("one group missing", lambda sd: sd["param_groups"].pop(), r"has 1 param groups but this optimizer has 2"),
-    ("param count", lambda sd: sd["param_groups"][0]["params"].pop(), r"param group 0 has 1 parameters in the checkpoint but 2"),
-    ("moment shape", _set(["state", 1, "exp_avg"], torch.zeros(7)), r"'exp_avg' of parameter 1 \(group 0, shape \(4,\)\) has shape \(7,\)"),
-    ("missing moment", _del(["state", 2, "exp_avg_sq"]), r"state of parameter 2 \(group 1, shape \(5,\)\) lacks \['exp_avg_sq'\]"),
-    ("negative step", _set(["state", 0, "step"], torch.tensor(-3.0)), r"'step' of parameter 0 .* non-negative whole number"),
+    (
+        "param count",
+        lambda sd: sd["param_groups"][0]["params"].pop(),
+        r"param group 0 has 1 parameters in the checkpoint but 2",
+    ),
+    (
+        "moment shape",
+        _set(["state", 1, "exp_avg"], torch.zeros(7)),
+        r"'exp_avg' of parameter 1 \(group 0, shape \(4,\)\) has shape \(7,\)",
+    ),
+    (
+        "missing moment",
+        _del(["state", 2, "exp_avg_sq"]),
+        r"state of parameter 2 \(group 1, shape \(5,\)\) lacks \['exp_avg_sq'\]",
+    ),
+    (
+        "negative step",
+        _set(["state", 0, "step"], torch.tensor(-3.0)),
+        r"'step' of parameter 0 .* non-negative whole number",
+    ),
     ("vector step", _set(["state", 0, "step"], torch.ones(2)), r"'step' of parameter 0 .* must be a real scalar"),
-    ("integer moment", _set(["state", 0, "exp_avg"], torch.zeros(3, 2, dtype=torch.long)), r"has dtype torch.int64; moments are floating point"),
+    (
+        "integer moment",
+        _set(["state", 0, "exp_avg"], torch.zeros(3, 2, dtype=torch.long)),
+        r"has dtype torch.int64; moments are floating point",
+    ),
     ("stray entry", _set(["state", 99], {}), r"state has entries \[99\] that belong to no parameter"),
     ("bad lr", _set(["param_groups", 1, "lr"], -1.0), r"Invalid learning rate: -1.0 .* in param group 1"),
     ("bad betas", _set(["param_groups", 0, "betas"], (0.9, 1.0)), r"Invalid beta parameter at index 1: 1.0"),
-    ("amsgrad without max", _set(["param_groups", 0, "amsgrad"], True), r"lacks \['max_exp_avg_sq'\] \(the group has amsgrad=True\)"),
+    (
+        "amsgrad without max",
+        _set(["param_groups", 0, "amsgrad"], True),
+        r"lacks \['max_exp_avg_sq'\] \(the group has amsgrad=True\)",
+    ),
 ]
 
 

@@ -23,7 +23,14 @@ BUILT = [c for c in CONVENTIONS if HAS_NEW or c in ("adam_l2", "adamw", "adamw_i
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("explain")
     res = explain(
-        "digits", out=out, conventions=BUILT, epochs=1, max_train=128, lr=1e-3, wd_adam_l2=1e-2, wd_adamw=0.5,
+        "digits",
+        out=out,
+        conventions=BUILT,
+        epochs=1,
+        max_train=128,
+        lr=1e-3,
+        wd_adam_l2=1e-2,
+        wd_adamw=0.5,
         progress=True,
     )
     return out, res

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import decoupled
-from decoupled.formats.float8 import BlockFloat8
 from decoupled import formats
+from decoupled.formats.float8 import BlockFloat8
 from decoupled.formats.foreign import state_dict_from
 
 
@@ -45,8 +45,14 @@ def make_foreign(library: str, params):
     optimi = _library("optimi")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return optimi.AdamW(params, lr=HYPER["lr"], betas=HYPER["betas"], eps=HYPER["eps"],
-                            weight_decay=HYPER["weight_decay"], kahan_sum=params[0].dtype == torch.bfloat16)
+        return optimi.AdamW(
+            params,
+            lr=HYPER["lr"],
+            betas=HYPER["betas"],
+            eps=HYPER["eps"],
+            weight_decay=HYPER["weight_decay"],
+            kahan_sum=params[0].dtype == torch.bfloat16,
+        )
 
 
 def model_params(dtype):
@@ -128,6 +134,7 @@ def test_foreign_state_loads_and_training_continues(library, dtype, options):
         for run, step in ((params, foreign.step), (ours, opt.step), (fresh, fresh_opt.step)):
             set_grads(run, t)
             step()
+
     def held(p, optimizer):  # a bf16 weight with Kahan compensation holds p + comp
         comp = optimizer.state[p].get("kahan_comp")
         return p.detach().float() + (comp.float() if isinstance(comp, torch.Tensor) else 0)

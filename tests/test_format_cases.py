@@ -8,8 +8,6 @@ format or executor registered in the package is picked up here without editing t
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 

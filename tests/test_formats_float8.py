@@ -70,15 +70,20 @@ def test_e4m3_codes_are_torchs_float8():
     assert torch.equal(to_e4m3(values[finite]).view(torch.uint8), torch.arange(256, dtype=torch.uint8)[finite])
 
 
-@pytest.mark.parametrize("encode, decode, top, tiny", [(to_e5m3, from_e5m3, E5M3_MAX, 2.0**-24),
-                                                       (to_e4m3, from_e4m3, 448.0, 2.0**-16)])
+@pytest.mark.parametrize(
+    "encode, decode, top, tiny", [(to_e5m3, from_e5m3, E5M3_MAX, 2.0**-24), (to_e4m3, from_e4m3, 448.0, 2.0**-16)]
+)
 def test_codes_round_to_a_nearest_value_and_saturate(encode, decode, top, tiny):
     """Nearest, except within half a float16 step of a midpoint (2^-11 relative, or ``tiny``
     absolute where the float16 is subnormal), where the float16 rounding may already have moved
     the value across it: the other neighbour is then at most a float16 step farther."""
     g = torch.Generator().manual_seed(0)
-    y = torch.cat([torch.rand(100_000, generator=g) * 2.0 ** torch.randint(-20, 18, (100_000,), generator=g),
-                   torch.tensor([0.0, -0.0, 2e5, float("inf")])])
+    y = torch.cat(
+        [
+            torch.rand(100_000, generator=g) * 2.0 ** torch.randint(-20, 18, (100_000,), generator=g),
+            torch.tensor([0.0, -0.0, 2e5, float("inf")]),
+        ]
+    )
     y = y if encode is to_e5m3 else torch.cat([y, -y])
     want = y.double().clamp(-top, top)
     values = decode(encode(y)).double()
@@ -144,8 +149,13 @@ def test_round_trip_error_bound(x, moment):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n_blocks=st.integers(1, 12), tail=st.integers(0, BLOCK - 1), cut=st.integers(1, 11),
-       moment=st.sampled_from(MOMENTS), seed=st.integers(0, 1000))
+@given(
+    n_blocks=st.integers(1, 12),
+    tail=st.integers(0, BLOCK - 1),
+    cut=st.integers(1, 11),
+    moment=st.sampled_from(MOMENTS),
+    seed=st.integers(0, 1000),
+)
 def test_chunked_store_and_load_equal_whole_tensor(n_blocks, tail, cut, moment, seed):
     numel = n_blocks * BLOCK + tail
     gen = torch.Generator().manual_seed(seed)
@@ -198,7 +208,11 @@ def adamw(model, stepper, fmt=None, steps=200, **kw):
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01) if fmt is None else None
     states = [
-        {"step": torch.tensor(0.0), **fmt.for_param(p).allocate(p, "exp_avg"), **fmt.for_param(p).allocate(p, "exp_avg_sq")}
+        {
+            "step": torch.tensor(0.0),
+            **fmt.for_param(p).allocate(p, "exp_avg"),
+            **fmt.for_param(p).allocate(p, "exp_avg_sq"),
+        }
         for p in (params if fmt else [])
     ]
     c = group_coefficients(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
@@ -221,8 +235,10 @@ def mlp():
     return torch.nn.Sequential(torch.nn.Linear(16, 256), torch.nn.Tanh(), torch.nn.Linear(256, 1))
 
 
-STEPPERS = [pytest.param(lambda *a, **k: arena.run(*a, **k, backend=LOOP), id="arena"),
-            pytest.param(native.step, id="native", marks=pytest.mark.skipif(NATIVE is not None, reason=str(NATIVE)))]
+STEPPERS = [
+    pytest.param(lambda *a, **k: arena.run(*a, **k, backend=LOOP), id="arena"),
+    pytest.param(native.step, id="native", marks=pytest.mark.skipif(NATIVE is not None, reason=str(NATIVE))),
+]
 
 
 @pytest.mark.parametrize("stepper", STEPPERS)

@@ -148,7 +148,9 @@ def test_two_steps_match_torch(cls, name, kwargs, harmful):
     flag_kernel_error = judge is not None and judge[0] is TypeError and "_fused_adam" in judge[1]
     if judge is None or flag_kernel_error:
         assert mine is None, f"torch runs {kwargs} (or trips only on an unnormalized flag); we fail: {mine}"
-        truthy = {k: (bool(v) if k in hyper.FLAGS + hyper.OPTIONAL_FLAGS and v is not None else v) for k, v in kwargs.items()}
+        truthy = {
+            k: (bool(v) if k in hyper.FLAGS + hyper.OPTIONAL_FLAGS and v is not None else v) for k, v in kwargs.items()
+        }
         pa, pb = params(), params()
         for p, cls_ in ((pa, ours), (pb, theirs)):
             opt = cls_(p, **truthy)
@@ -183,7 +185,9 @@ def test_as_flag(value, expected, warns):
     assert got is expected
     assert bool(caught) == warns
     if warns:
-        assert re.search(rf"amsgrad={re.escape(repr(value))} is not a bool; it is used as {expected}", str(caught[0].message))
+        assert re.search(
+            rf"amsgrad={re.escape(repr(value))} is not a bool; it is used as {expected}", str(caught[0].message)
+        )
 
 
 def test_optional_flags_keep_none_and_a_tensor_flag_fails_as_in_torch():
@@ -214,8 +218,15 @@ def test_normalize_group():
     assert type(out["eps"]) is float and out["eps"] == float(np.float32(1e-8))
     assert type(out["weight_decay"]) is float
     flags = {k: out[k] for k in (*hyper.FLAGS, *hyper.OPTIONAL_FLAGS)}
-    assert flags == dict(amsgrad=True, maximize=False, capturable=False, differentiable=False,
-                         decoupled_weight_decay=True, foreach=None, fused=False)
+    assert flags == dict(
+        amsgrad=True,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+        decoupled_weight_decay=True,
+        foreach=None,
+        fused=False,
+    )
     assert all(type(v) is bool for v in flags.values() if v is not None)
     assert "params" not in out and group["amsgrad"] == 1  # a new dict; the group is unchanged
 
@@ -232,8 +243,19 @@ def test_step_values_are_views_that_keep_autograd():
 
 
 def base_group(**kw):
-    group = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False, maximize=False,
-                 foreach=None, capturable=False, differentiable=False, fused=None, decoupled_weight_decay=True)
+    group = dict(
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.01,
+        amsgrad=False,
+        maximize=False,
+        foreach=None,
+        capturable=False,
+        differentiable=False,
+        fused=None,
+        decoupled_weight_decay=True,
+    )
     group.update(kw)
     return group
 
@@ -272,7 +294,9 @@ def test_check_at_step_raises_only_what_torchs_step_raises(name, change):
             assert mine[1].startswith(judge[1]), (judge, mine)
 
 
-@pytest.mark.parametrize("name, change", STEP_CHANGES + [("lr inf", dict(lr=math.inf))], ids=[c[0] for c in STEP_CHANGES] + ["lr inf"])
+@pytest.mark.parametrize(
+    "name, change", STEP_CHANGES + [("lr inf", dict(lr=math.inf))], ids=[c[0] for c in STEP_CHANGES] + ["lr inf"]
+)
 def test_check_at_load_refuses_every_problem(name, change):
     with pytest.raises(ValueError, match="in param group 3"):
         hyper.check_group(base_group(**change), where="param group 3", at="load")

@@ -64,9 +64,7 @@ def _runs(conv, best_log_wd, lrs, wds, seeds=(0, 1), noise=0.0):
             for wd in wds:
                 v = 1.0 + (math.log10(wd) - best_log_wd(lr)) ** 2 + noise * rng.normal()
                 final = {"val": {"loss": v}, "test": {"loss": v + 0.01}}
-                runs.append(
-                    {"convention": conv, "lr": lr, "wd": wd, "seed": seed, "diverged": False, "final": final}
-                )
+                runs.append({"convention": conv, "lr": lr, "wd": wd, "seed": seed, "diverged": False, "final": final})
     return runs
 
 

@@ -52,10 +52,14 @@ def good_state_dict(config):
 
 
 def snapshot(opt, ps):
-    groups = [(g, {k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in g.items()})
-              for g in opt.param_groups]
-    entries = {p: (e, {k: v for k, v in e.items()}, {k: v.clone() for k, v in e.items() if isinstance(v, torch.Tensor)})
-               for p, e in opt.state.items()}
+    groups = [
+        (g, {k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in g.items()})
+        for g in opt.param_groups
+    ]
+    entries = {
+        p: (e, {k: v for k, v in e.items()}, {k: v.clone() for k, v in e.items() if isinstance(v, torch.Tensor)})
+        for p, e in opt.state.items()
+    }
     return opt.param_groups, groups, opt.state, entries, [p.detach().clone() for p in ps]
 
 
@@ -111,9 +115,19 @@ TENSOR_CORRUPTIONS = [
     ("inf", lambda k, t: t.is_floating_point() or t.is_complex(), _poke(math.inf), "NaN or infinite"),
     ("negative", lambda k, t: _nonnegative(k) and t.is_floating_point(), _poke(-1.0), "negative values"),
     ("sparse", lambda k, t: t.dim() > 0, lambda t: t.to_sparse(), "sparse_coo tensor; optimizer state is dense"),
-    ("wrong shape", lambda k, t: True, lambda t: t.reshape(-1)[:-1].clone() if t.numel() > 1 else torch.zeros(5, dtype=t.dtype), "has shape"),
+    (
+        "wrong shape",
+        lambda k, t: True,
+        lambda t: t.reshape(-1)[:-1].clone() if t.numel() > 1 else torch.zeros(5, dtype=t.dtype),
+        "has shape",
+    ),
     ("integer", lambda k, t: t.is_floating_point(), lambda t: t.to(torch.int64), "dtype torch.int64"),
-    ("real/complex swapped", lambda k, t: k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and (t.is_floating_point() or t.is_complex()), _complexify, "must its moments be|has dtype"),
+    (
+        "real/complex swapped",
+        lambda k, t: k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and (t.is_floating_point() or t.is_complex()),
+        _complexify,
+        "must its moments be|has dtype",
+    ),
 ]
 STEP_CORRUPTIONS = [
     ("int64 step", lambda s: s.to(torch.int64), "has dtype torch.int64"),
@@ -131,7 +145,11 @@ GROUP_CORRUPTIONS = [
     ("lr nan", lambda g: g.update(lr=math.nan), "Invalid learning rate: nan"),
     ("lr inf", lambda g: g.update(lr=math.inf), "lr=inf"),
     ("lr 2-element tensor", lambda g: g.update(lr=torch.tensor([1e-3, 1e-3])), "Tensor lr must be 1-element"),
-    ("tensor lr with foreach", lambda g: g.update(lr=torch.tensor(1e-3), foreach=True), "lr as a Tensor is not supported"),
+    (
+        "tensor lr with foreach",
+        lambda g: g.update(lr=torch.tensor(1e-3), foreach=True),
+        "lr as a Tensor is not supported",
+    ),
     ("beta1 = 1", lambda g: g.update(betas=(1.0, 0.99)), "Invalid beta parameter at index 0: 1.0"),
     ("three betas", lambda g: g.update(betas=(0.9, 0.99, 0.9)), "too many values to unpack"),
     ("eps nan", lambda g: g.update(eps=math.nan), "Invalid epsilon value: nan"),
@@ -142,10 +160,28 @@ GROUP_CORRUPTIONS = [
     ("amsgrad without its maximum", lambda g: g.update(amsgrad=True), "lacks \\['max_exp_avg_sq'\\]"),
 ]
 TOP_CORRUPTIONS = [
-    ("a whole training checkpoint", lambda sd: {"optimizer": sd}, "expected a mapping with keys 'state' and 'param_groups'"),
-    ("one group less", lambda sd: {**sd, "param_groups": sd["param_groups"][:1]}, "has 1 param groups but this optimizer has 2"),
+    (
+        "a whole training checkpoint",
+        lambda sd: {"optimizer": sd},
+        "expected a mapping with keys 'state' and 'param_groups'",
+    ),
+    (
+        "one group less",
+        lambda sd: {**sd, "param_groups": sd["param_groups"][:1]},
+        "has 1 param groups but this optimizer has 2",
+    ),
     ("a stray state entry", lambda sd: {**sd, "state": {**sd["state"], 99: {}}}, "belong to no parameter"),
-    ("an index in two groups", lambda sd: {**sd, "param_groups": [sd["param_groups"][0], {**sd["param_groups"][1], "params": [0, *sd["param_groups"][1]["params"][1:]]}]}, "appears twice"),
+    (
+        "an index in two groups",
+        lambda sd: {
+            **sd,
+            "param_groups": [
+                sd["param_groups"][0],
+                {**sd["param_groups"][1], "params": [0, *sd["param_groups"][1]["params"][1:]]},
+            ],
+        },
+        "appears twice",
+    ),
 ]
 
 
@@ -156,10 +192,13 @@ def cases():
             for key in _tensor_keys(entry):
                 for name, applies, change, pattern in TENSOR_CORRUPTIONS:
                     if applies(key, entry[key]):
-                        yield pytest.param(config, ("state", index, key, change), pattern,
-                                           id=f"{config}-{name}-param{index}-{key}")
+                        yield pytest.param(
+                            config, ("state", index, key, change), pattern, id=f"{config}-{name}-param{index}-{key}"
+                        )
             for name, change, pattern in STEP_CORRUPTIONS:
-                yield pytest.param(config, ("state", index, "step", change), pattern, id=f"{config}-{name}-param{index}")
+                yield pytest.param(
+                    config, ("state", index, "step", change), pattern, id=f"{config}-{name}-param{index}"
+                )
         for g in range(len(sd["param_groups"])):
             for name, change, pattern in GROUP_CORRUPTIONS:
                 if name == "amsgrad without its maximum" and sd["param_groups"][g]["amsgrad"]:

@@ -24,15 +24,13 @@ import warnings
 import pytest
 import torch
 
-from decoupled import conventions, formats
+from decoupled import backends, conventions, formats
 from decoupled.backends import loop
-from decoupled import backends
 from decoupled.backends import native as native_backend
 from decoupled.formats import arena, native
 from decoupled.formats.blockwise8 import BLOCKWISE8
-from decoupled.formats.float8 import BLOCKFLOAT8
-from decoupled.native import build, stochastic_noise
 from decoupled.formats.rounding import NOISE
+from decoupled.native import build, stochastic_noise
 from decoupled.rule import GroupCoefficients, TensorOps, group_coefficients
 
 LOOP = backends.get("loop")  # the arena with the loop backend: the reference executor
@@ -40,8 +38,13 @@ LOOP = backends.get("loop")  # the arena with the loop backend: the reference ex
 REASON = build.unavailable_reason()
 needs_kernel = pytest.mark.skipif(REASON is not None, reason=f"native kernel unavailable: {REASON}")
 
-FORMATS = {"param": formats.PARAM, "fp32": formats.MOMENTS["fp32"], "bf16": formats.MOMENTS["bf16"],
-           "tree8": BLOCKWISE8, "float8": formats.MOMENTS["8bit"]}
+FORMATS = {
+    "param": formats.PARAM,
+    "fp32": formats.MOMENTS["fp32"],
+    "bf16": formats.MOMENTS["bf16"],
+    "tree8": BLOCKWISE8,
+    "float8": formats.MOMENTS["8bit"],
+}
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -51,8 +54,17 @@ def coefficients(convention: str, *, amsgrad=False, maximize=False, cautious=Fal
     conv = conventions.get(convention)
     if cautious:
         conv = conventions.of_group({"decay_scaling": conv.scaling.value, "cautious_decay": True})
-    return group_coefficients(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, convention=conv,
-                              lr_max=2e-2, amsgrad=amsgrad, maximize=maximize)
+    return group_coefficients(
+        lr=lr,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        convention=conv,
+        lr_max=2e-2,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )
 
 
 def params_like(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
@@ -100,7 +112,11 @@ def equal_runs(a, b) -> None:
     for i, (x, y) in enumerate(zip(sa, sb)):
         assert set(x) == set(y)
         for key in x:
-            same = torch.equal(x[key].view(torch.uint8), y[key].view(torch.uint8)) if x[key].dim() else torch.equal(x[key], y[key])
+            same = (
+                torch.equal(x[key].view(torch.uint8), y[key].view(torch.uint8))
+                if x[key].dim()
+                else torch.equal(x[key], y[key])
+            )
             assert same, f"state {i} {key!r} differs"
 
 
@@ -118,8 +134,14 @@ def run(stepper, dtype, fmt, rounding, c, steps=3, states=None):
 
 CASES = [
     (f, r, a, m, conv, d)
-    for f, r, a, m, conv, d in itertools.product(FORMATS, ("nearest", "kahan", "stochastic"), (False, True),
-                                                 (False, True), ("adamw", "adamw_indep", "adam_l2"), DTYPES)
+    for f, r, a, m, conv, d in itertools.product(
+        FORMATS,
+        ("nearest", "kahan", "stochastic"),
+        (False, True),
+        (False, True),
+        ("adamw", "adamw_indep", "adam_l2"),
+        DTYPES,
+    )
     if not (r == "stochastic" and d == "f16")
 ]
 
@@ -129,10 +151,20 @@ CASES = [
 def test_kernel_stores_the_arenas_bits(exact_sqrt, zero_noise, fmt, rounding, amsgrad, maximize, convention, dtype):
     c = coefficients(convention, amsgrad=amsgrad, maximize=maximize)
     moments = FORMATS[fmt]
-    reference = run(lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding=rounding, backend=LOOP),
-                    DTYPES[dtype], moments, rounding, c)
-    kernel = run(lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding=rounding, random_noise=False),
-                 DTYPES[dtype], moments, rounding, c)
+    reference = run(
+        lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding=rounding, backend=LOOP),
+        DTYPES[dtype],
+        moments,
+        rounding,
+        c,
+    )
+    kernel = run(
+        lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding=rounding, random_noise=False),
+        DTYPES[dtype],
+        moments,
+        rounding,
+        c,
+    )
     equal_runs(reference, kernel)
 
 
@@ -149,8 +181,11 @@ def test_cautious_decay_decays_where_the_update_agrees_with_the_weight(fmt, roun
         for s in states:
             s["step"] += 1
         runs = {}
-        for name, c in (("cautious", coefficients("adamw", cautious=True)), ("decay", coefficients("adamw")),
-                        ("none", dataclasses.replace(coefficients("adamw"), decay_factor=1.0, decays=False))):
+        for name, c in (
+            ("cautious", coefficients("adamw", cautious=True)),
+            ("decay", coefficients("adamw")),
+            ("none", dataclasses.replace(coefficients("adamw"), decay_factor=1.0, decays=False)),
+        ):
             ps, ss = copy.deepcopy(params), copy.deepcopy(states)
             torch.manual_seed(t)  # the same rounding noise in all three
             native.step(ps, grads, ss, c, moments=moments, rounding=rounding)
@@ -187,8 +222,10 @@ def test_threads_and_chunking_do_not_change_the_result():
 @needs_kernel
 def test_noise_is_uniform_and_independent_across_streams():
     n = 1 << 18
-    streams = [stochastic_noise(seed, tensor, stream, 0, n)
-               for seed, tensor, stream in ((1, 0, 0), (1, 0, 1), (1, 1, 0), (2, 0, 0))]
+    streams = [
+        stochastic_noise(seed, tensor, stream, 0, n)
+        for seed, tensor, stream in ((1, 0, 0), (1, 0, 1), (1, 1, 0), (2, 0, 0))
+    ]
     for noise in streams:
         assert 0 <= noise.min() and noise.max() < 1 << 16
         counts = torch.bincount(noise >> 8, minlength=256).double()  # 256 bins of 256 values
@@ -236,8 +273,11 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour(rounding, fmt)
 
 # ---- torch's layout: the backends' signature --------------------------------------------------------
 
-LAYOUT_CASES = list(itertools.product((torch.float32, torch.complex64), (False, True), (False, True),
-                                      ("adamw", "adam_l2"), (False, True)))
+LAYOUT_CASES = list(
+    itertools.product(
+        (torch.float32, torch.complex64), (False, True), (False, True), ("adamw", "adam_l2"), (False, True)
+    )
+)
 
 
 @needs_kernel
@@ -248,8 +288,13 @@ def test_torch_layout_matches_the_loop_backend(monkeypatch, dtype, amsgrad, maxi
     if exact:
         monkeypatch.setattr(TensorOps, "sqrt", lambda self, x: x.double().sqrt().to(x.dtype))
     c = coefficients(convention, amsgrad=amsgrad, maximize=maximize)
-    base = [torch.randn(33, 17), torch.randn(12, 9).t(), torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last),
-            torch.randn(5000), torch.randn(0)]
+    base = [
+        torch.randn(33, 17),
+        torch.randn(12, 9).t(),
+        torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last),
+        torch.randn(5000),
+        torch.randn(0),
+    ]
     runs = []
     # a complex parameter's L2 term: our loop adds it in complex arithmetic, as torch's for-loop;
     # the native kernel on the real view, as torch's foreach and fused kernels: the reference is
@@ -284,16 +329,22 @@ def test_torch_layout_matches_the_loop_backend(monkeypatch, dtype, amsgrad, maxi
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_torch_layout_in_low_precision_rounds_once_like_the_arena(exact_sqrt, dtype):
     c = coefficients("adamw", amsgrad=True)
-    reference = run(lambda p, g, s, c: arena.run(p, g, s, c, moments=formats.PARAM, rounding="nearest", backend=LOOP),
-                dtype, formats.PARAM, "nearest", c)
+    reference = run(
+        lambda p, g, s, c: arena.run(p, g, s, c, moments=formats.PARAM, rounding="nearest", backend=LOOP),
+        dtype,
+        formats.PARAM,
+        "nearest",
+        c,
+    )
     params = params_like(dtype)
     states = new_states(params, formats.PARAM, "nearest", True)
     for t in range(3):
         for s in states:
             s["step"] += 1
         names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        native_backend.step(params, grads_like(params, t), *([s[k] for s in states] for k in names),
-                            [s["step"] for s in states], c)
+        native_backend.step(
+            params, grads_like(params, t), *([s[k] for s in states] for k in names), [s["step"] for s in states], c
+        )
     equal_runs(reference, (params, states))
 
 

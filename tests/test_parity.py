@@ -181,7 +181,9 @@ def test_closure_is_called_and_loss_returned():
     assert w[2].item() == pytest.approx((1 - 0.1 * 0.01) - 0.1, rel=1e-6)
 
 
-@pytest.mark.parametrize("backend, flags", [("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})])
+@pytest.mark.parametrize(
+    "backend, flags", [("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})]
+)
 def test_backend_option_runs_that_backend(backend, flags):
     """backend= names a backend directly; it is an execution choice, not saved in the state dict."""
     a, b = run_side_by_side(

@@ -49,7 +49,13 @@ def _run_against_reference(opt, params, convention, hyper, steps=50, check_every
             if p.grad is not None:
                 ref_hyper = {k: v for k, v in hyper.items() if k != "lr"}
                 theta[i] = reference_step(
-                    theta[i], as_real64(p.grad), states[i], lr=lr, lr_max=lr_max, **reference_options(convention), **ref_hyper
+                    theta[i],
+                    as_real64(p.grad),
+                    states[i],
+                    lr=lr,
+                    lr_max=lr_max,
+                    **reference_options(convention),
+                    **ref_hyper,
                 )
         opt.step()
         if check_every is not None:
@@ -66,7 +72,9 @@ def test_backend_against_float64_reference(case: BackendCase, convention, amsgra
 
     def check(step, theta):
         for i, p in enumerate(params):
-            torch.testing.assert_close(as_real64(p), theta[i], rtol=1e-12, atol=1e-14, msg=lambda m, s=step: f"step {s}: {m}")
+            torch.testing.assert_close(
+                as_real64(p), theta[i], rtol=1e-12, atol=1e-14, msg=lambda m, s=step: f"step {s}: {m}"
+            )
 
     theta, states = _run_against_reference(opt, params, convention, hyper, check_every=check)
     for i, p in enumerate(params):
@@ -92,7 +100,10 @@ def test_format_against_float64_reference(case: FormatCase, convention):
     the float64 reference, measured in units of the distance a weight can travel (lr per step)."""
     torch.manual_seed(0)
     params = [
-        torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64).to(case.dtype).to(DEVICE).requires_grad_()
+        torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        .to(case.dtype)
+        .to(DEVICE)
+        .requires_grad_()
         for i, shape in enumerate([(64, 80), (300,), (7, 9)])
     ]
     options = convention.optimizer_options()

@@ -170,7 +170,11 @@ def test_every_schedule_takes_the_same_warmup(name: str) -> None:
     offset steps ahead; after the warmup the schedule's own shape, unchanged by those options."""
     options = {**EXAMPLES[name], "warmup_steps": 4}
     plain = [S.multiplier(name, t, **options) for t in range(30)]
-    ramps = {"linear": lambda p: p, "cosine": lambda p: (1 - math.cos(math.pi * p)) / 2, "1-sqrt": lambda p: 1 - math.sqrt(1 - p)}
+    ramps = {
+        "linear": lambda p: p,
+        "cosine": lambda p: (1 - math.cos(math.pi * p)) / 2,
+        "1-sqrt": lambda p: 1 - math.sqrt(1 - p),
+    }
     for shape, ramp in ramps.items():
         warm = [S.multiplier(name, t, **options, warmup_start=0.2, warmup_shape=shape) for t in range(30)]
         assert warm[:4] == pytest.approx([0.2 + 0.8 * ramp(t / 4) for t in range(4)], rel=1e-12)
@@ -188,12 +192,36 @@ def _cos(p: float, cycles: float = 0.5) -> float:
 SHAPES = [
     ("cosine", {"total_steps": 10, "cycles": 1.0}, [_cos(t / 10, 1.0) for t in range(10)] + [0.0] * 5),
     ("cosine", {"total_steps": 10, "past_end": "continue"}, [_cos(t / 10) for t in range(20)]),
-    ("cosine", {"total_steps": 10, "min_factor": 0.2, "past_end": "continue"}, [0.2 + 0.8 * _cos(t / 10) for t in range(20)]),
-    ("cosine", {"total_steps": 12, "warmup_steps": 2, "cycles": 1.5, "past_end": "continue"}, [0, 0.5] + [_cos(t / 10, 1.5) for t in range(15)]),
-    ("warmup_stable_decay", {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5}, [0.5, 0.75, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5]),
-    ("warmup_stable_decay", {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5, "warmup_start": 0.0}, [0, 0.5, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5]),
-    ("warmup_stable_decay", {"total_steps": 8, "decay_steps": 4, "decay_shape": "cosine", "cycles": 1.0}, [1, 1, 1, 1, 1, 0.5, 0, 0.5, 0, 0]),
-    ("linear", {"total_steps": 10, "warmup_steps": 2, "offset": 2}, [1, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0, 0]),
+    (
+        "cosine",
+        {"total_steps": 10, "min_factor": 0.2, "past_end": "continue"},
+        [0.2 + 0.8 * _cos(t / 10) for t in range(20)],
+    ),
+    (
+        "cosine",
+        {"total_steps": 12, "warmup_steps": 2, "cycles": 1.5, "past_end": "continue"},
+        [0, 0.5] + [_cos(t / 10, 1.5) for t in range(15)],
+    ),
+    (
+        "warmup_stable_decay",
+        {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5},
+        [0.5, 0.75, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5],
+    ),
+    (
+        "warmup_stable_decay",
+        {"total_steps": 10, "decay_steps": 4, "warmup_steps": 2, "min_factor": 0.5, "warmup_start": 0.0},
+        [0, 0.5, 1, 1, 1, 1, 1, 0.875, 0.75, 0.625, 0.5, 0.5],
+    ),
+    (
+        "warmup_stable_decay",
+        {"total_steps": 8, "decay_steps": 4, "decay_shape": "cosine", "cycles": 1.0},
+        [1, 1, 1, 1, 1, 0.5, 0, 0.5, 0, 0],
+    ),
+    (
+        "linear",
+        {"total_steps": 10, "warmup_steps": 2, "offset": 2},
+        [1, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0, 0],
+    ),
 ]
 
 

@@ -80,15 +80,24 @@ NOTES = [
         True,
         r"the checkpoint's run used adam_l2 .*no fixed fraction.*now removes lr \* weight_decay = 1e-05",
     ),
-    ("Adam + L2 checkpoint into Adam", dict(decoupled_weight_decay=False), dict(decoupled_weight_decay=False), None, None),
+    (
+        "Adam + L2 checkpoint into Adam",
+        dict(decoupled_weight_decay=False),
+        dict(decoupled_weight_decay=False),
+        None,
+        None,
+    ),
 ]
 
 
 @pytest.mark.parametrize("name, saved_keys, mine, decoupled_, pattern", NOTES, ids=[n[0] for n in NOTES])
 def test_convention_note(name, saved_keys, mine, decoupled_, pattern):
     saved = {**torch_group(weight_decay=0.01), **saved_keys}
-    group = decoupled.AdamW([torch.ones(3, requires_grad=True)], **mine).param_groups[0] if "decoupled_weight_decay" not in mine else \
-        decoupled.Adam([torch.ones(3, requires_grad=True)], **mine).param_groups[0]
+    group = (
+        decoupled.AdamW([torch.ones(3, requires_grad=True)], **mine).param_groups[0]
+        if "decoupled_weight_decay" not in mine
+        else decoupled.Adam([torch.ones(3, requires_grad=True)], **mine).param_groups[0]
+    )
     note = statedict.convention_note(saved, group, where="param group 0", decoupled=decoupled_)
     if pattern is None:
         assert note is None
@@ -131,7 +140,13 @@ def test_restoring_puts_back_the_same_objects():
     p.grad = torch.ones(3)
     opt = decoupled.AdamW([p])
     opt.step()
-    groups, group, state, entry, exp_avg = opt.param_groups, opt.param_groups[0], opt.state, opt.state[p], opt.state[p]["exp_avg"]
+    groups, group, state, entry, exp_avg = (
+        opt.param_groups,
+        opt.param_groups[0],
+        opt.state,
+        opt.state[p],
+        opt.state[p]["exp_avg"],
+    )
     with pytest.raises(KeyError), statedict.restoring(opt):
         opt.param_groups[0]["lr"] = 5.0
         opt.state[p]["exp_avg"] = torch.zeros(3)

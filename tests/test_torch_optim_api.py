@@ -23,7 +23,11 @@ NO_DIFF = [i for i in tt.IMPLS if i.name != "differentiable"]
 
 
 def cases(impls):
-    return [pytest.param(name, kwargs, id=f"{name}-{desc}") for name in tt.NAMES for desc, kwargs in tt.all_inputs(name, impls)]
+    return [
+        pytest.param(name, kwargs, id=f"{name}-{desc}")
+        for name in tt.NAMES
+        for desc, kwargs in tt.all_inputs(name, impls)
+    ]
 
 
 def assert_same_tree(a, b, path="state_dict"):
@@ -81,7 +85,9 @@ def test_state_dict_deterministic(name, kwargs, is_named0, is_named1):
         assert torch.equal(w, wc) and torch.equal(b, bc)
     assert_same_tree(without_names(opt.state_dict()), without_names(opt_c.state_dict()))
     opt_c.param_groups.extend(opt_c.param_groups)  # repeated parameters: the same representation
-    assert_same_tree(without_names(opt.state_dict())["param_groups"][-1], without_names(opt_c.state_dict())["param_groups"][-1])
+    assert_same_tree(
+        without_names(opt.state_dict())["param_groups"][-1], without_names(opt_c.state_dict())["param_groups"][-1]
+    )
 
 
 def conv_model():

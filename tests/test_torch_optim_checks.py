@@ -22,8 +22,12 @@ NO_DIFF_FUSED = [i for i in NO_DIFF if i.name != "fused"]  # and fused, where co
 
 
 def cases(impls, keep=lambda kwargs: True):
-    return [pytest.param(name, kwargs, id=f"{name}-{desc}") for name in tt.NAMES
-            for desc, kwargs in tt.all_inputs(name, impls) if keep(kwargs)]
+    return [
+        pytest.param(name, kwargs, id=f"{name}-{desc}")
+        for name in tt.NAMES
+        for desc, kwargs in tt.all_inputs(name, impls)
+        if keep(kwargs)
+    ]
 
 
 def loss_of(w, b, x):
@@ -64,7 +68,8 @@ def test_param_group_with_lrscheduler_goes_right_direction(name):
         schedulers = [s(opt) for s in schedulers_c]
         initial = loss_of(w, b, x).item()
         for _ in range(20):
-            def closure():
+
+            def closure(opt=opt, w=w, b=b, x=x):
                 opt.zero_grad()
                 loss = loss_of(w, b, x)
                 loss.backward()
@@ -104,10 +109,14 @@ def test_tensor_lr(name, kwargs, num_dim):
 @pytest.mark.parametrize("name, kwargs", cases(NO_DIFF_FUSED))
 def test_complex(name, kwargs):
     """Complex parameters step exactly as their view_as_real (mixed with a real one)."""
-    complex_params = [torch.randn(10, 5, dtype=torch.complex64, requires_grad=True),
-                      torch.randn(10, dtype=torch.complex64, requires_grad=True),
-                      torch.randn(10, 5, requires_grad=True)]
-    real_params = [(torch.view_as_real(p) if p.is_complex() else p).detach().clone().requires_grad_() for p in complex_params]
+    complex_params = [
+        torch.randn(10, 5, dtype=torch.complex64, requires_grad=True),
+        torch.randn(10, dtype=torch.complex64, requires_grad=True),
+        torch.randn(10, 5, requires_grad=True),
+    ]
+    real_params = [
+        (torch.view_as_real(p) if p.is_complex() else p).detach().clone().requires_grad_() for p in complex_params
+    ]
     complex_opt, real_opt = tt.OURS[name](complex_params, **kwargs), tt.OURS[name](real_params, **kwargs)
     for _ in range(3):
         for c, r in zip(complex_params, real_params):
@@ -183,7 +192,9 @@ def compare_between(name, flag, dtype, step_dtype=None):
                 for a, b in [(rp, p), *((ref_opt.state[rp][k], opt.state[p][k]) for k in ref_opt.state[rp])]:
                     if step_dtype is not None and a.shape == () and a is ref_opt.state[rp].get("step"):
                         assert a.dtype == b.dtype == step_dtype
-                    torch.testing.assert_close(b, a, **tol, msg=lambda m, i=i: f"{inp.desc}, iteration {i}: {m}")
+                    torch.testing.assert_close(
+                        b, a, **tol, msg=lambda m, i=i, desc=inp.desc: f"{desc}, iteration {i}: {m}"
+                    )
                     with torch.no_grad():
                         b.copy_(a)  # re-aligned, as torch's TensorTracker does
 
@@ -207,8 +218,12 @@ def test_set_default_dtype_works_with_foreach(name, default_dtype):
     old = torch.get_default_dtype()
     try:
         torch.set_default_dtype(default_dtype)
-        compare_between(name, "foreach", torch.float64,
-                        step_dtype=torch.float64 if default_dtype == torch.float64 else torch.float32)
+        compare_between(
+            name,
+            "foreach",
+            torch.float64,
+            step_dtype=torch.float64 if default_dtype == torch.float64 else torch.float32,
+        )
     finally:
         torch.set_default_dtype(old)
 
@@ -216,7 +231,9 @@ def test_set_default_dtype_works_with_foreach(name, default_dtype):
 @pytest.mark.parametrize("name", tt.NAMES)
 def test_fused_error_on_params_on_meta(name):
     with torch.device("meta"):
-        model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid())
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid()
+        )
     opt = tt.OURS[name](model.parameters(), fused=True)
     with torch.device("meta"):
         for p in model.parameters():

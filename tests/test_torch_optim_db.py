@@ -89,10 +89,18 @@ def parity_cases():
         for dtype in (torch.float32, torch.float64):
             for inp in tt.optim_inputs(name):
                 for impl in tt.IMPLS:
-                    yield pytest.param(name, inp.desc, impl, dtype, id=f"{name}-{inp.desc}-{impl.name}-{str(dtype)[6:]}")
+                    yield pytest.param(
+                        name, inp.desc, impl, dtype, id=f"{name}-{inp.desc}-{impl.name}-{str(dtype)[6:]}"
+                    )
             for inp in tt.cuda_only_inputs(name):
-                yield pytest.param(name, inp.desc, None, dtype, id=f"{name}-{inp.desc}-cuda-{str(dtype)[6:]}",
-                                   marks=pytest.mark.skip(reason="CUDA-only entry of torch's optim_db"))
+                yield pytest.param(
+                    name,
+                    inp.desc,
+                    None,
+                    dtype,
+                    id=f"{name}-{inp.desc}-cuda-{str(dtype)[6:]}",
+                    marks=pytest.mark.skip(reason="CUDA-only entry of torch's optim_db"),
+                )
 
 
 def config(name: str, desc: str, dtype: torch.dtype | None = None):
@@ -174,8 +182,14 @@ def error_cases():
         for e in tt.error_inputs(name):
             yield pytest.param(name, e.optimizer_error_input.desc, id=f"{name}-{e.optimizer_error_input.desc}")
         for e in tt.cuda_only_error_inputs(name):
-            yield pytest.param(name, e.optimizer_error_input.desc, id=f"{name}-{e.optimizer_error_input.desc}-cuda",
-                               marks=pytest.mark.skip(reason="CUDA-only entry of torch's optim_db (tests/test_hyper.py checks it on CPU)"))
+            yield pytest.param(
+                name,
+                e.optimizer_error_input.desc,
+                id=f"{name}-{e.optimizer_error_input.desc}-cuda",
+                marks=pytest.mark.skip(
+                    reason="CUDA-only entry of torch's optim_db (tests/test_hyper.py checks it on CPU)"
+                ),
+            )
 
 
 def raised(cls, error_input):
@@ -215,8 +229,12 @@ def test_the_table_is_what_these_tests_expect():
         assert len(tt.optim_inputs(name)) == 5
         assert len(tt.error_inputs(name)) == 12 and len(tt.cuda_only_error_inputs(name)) == 2
         assert {inp.desc for inp in tt.cuda_only_inputs(name)} == {
-            "capturable", "capturable, amsgrad", "Tensor lr with capturable and amsgrad",
-            "Tensor lr, Tensor betas, with capturable and amsgrad", "Tensor lr, Tensor betas, with capturable"}
+            "capturable",
+            "capturable, amsgrad",
+            "Tensor lr with capturable and amsgrad",
+            "Tensor lr, Tensor betas, with capturable and amsgrad",
+            "Tensor lr, Tensor betas, with capturable",
+        }
         assert set(tt.INFOS[name].supported_impls) == {"foreach", "differentiable", "fused"}
         for test in ("test_complex_2d", "test_defaults_changed_to_foreach", "test_fused_matches_forloop"):
             assert tt.skip_reason(name, test) is None

@@ -87,7 +87,9 @@ def all_inputs(name: str, impls: list[Impl] | None = None) -> list[tuple[str, di
     """Every CPU configuration of the table with every implementation: ``(id, kwargs)``. Like
     torch's helper for its tests (``_get_optim_inputs_including_global_cliquey_kwargs``), which
     on CPU adds only fused and differentiable; here the loop and foreach are named too."""
-    return [(f"{inp.desc} & {impl.name}", kwargs_for(inp, impl)) for inp in optim_inputs(name) for impl in impls or IMPLS]
+    return [
+        (f"{inp.desc} & {impl.name}", kwargs_for(inp, impl)) for inp in optim_inputs(name) for impl in impls or IMPLS
+    ]
 
 
 def decorators(name: str, test: str, dtype: torch.dtype) -> list:

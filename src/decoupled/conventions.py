@@ -87,9 +87,7 @@ ADAMW_INDEP = Convention("adamw_indep", "AdamW, lr-independent (decay (lr/lr_max
 ADAMW_CORRECTED = Convention("adamw_corrected", "AdamW, corrected (decay lr²/lr_max·wd)", scaling=Scaling.CORRECTED)
 ADAMW_CAUTIOUS = Convention("adamw_cautious", "AdamW, cautious (decay where update and weight agree)", cautious=True)
 
-CONVENTIONS: dict[str, Convention] = {
-    c.key: c for c in (ADAM_L2, ADAMW, ADAMW_INDEP, ADAMW_CORRECTED, ADAMW_CAUTIOUS)
-}
+CONVENTIONS: dict[str, Convention] = {c.key: c for c in (ADAM_L2, ADAMW, ADAMW_INDEP, ADAMW_CORRECTED, ADAMW_CAUTIOUS)}
 """Every named convention, by key, in report order."""
 
 

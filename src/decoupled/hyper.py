@@ -183,20 +183,16 @@ def check_group(group: Mapping[str, Any], *, where: str = "", at: str = "constru
 
 
 def _check_own_keys(group: Mapping[str, Any], suffix: str) -> None:
-    """decoupled's options: lr-independent decay and the state formats."""
-    if group.get("lr_independent_decay"):
-        lr_max = group.get("lr_max")
-        if lr_max is None or isinstance(lr_max, bool) or not isinstance(lr_max, numbers.Real) or not lr_max > 0:
-            raise ValueError(
-                f"Invalid lr_max{suffix}: {lr_max!r}. lr-independent decay removes "
-                f"(lr / lr_max) * weight_decay of each weight per step, so lr_max must be a positive "
-                f"number (by default the group's initial lr)"
-            )
-        if not group.get("decoupled_weight_decay", True):
-            raise ValueError(
-                f"lr_independent_decay=True{suffix} needs decoupled weight decay; it has no meaning "
-                f"for Adam + L2 (decoupled_weight_decay=False)"
-            )
+    """decoupled's options: the weight-decay convention (:func:`decoupled.conventions.check_group`,
+    on the group spelled one way: a checkpoint may say ``lr_independent_decay``) and the state formats."""
+    from . import conventions
+
+    if any(k in group for k in ("lr_independent_decay", "decay_scaling", "lr_max", "cautious_decay")):
+        spelled = dict(group)
+        conventions.normalize_group(spelled)
+        if spelled.get("decay_scaling") and spelled.get("lr_max") is None:
+            spelled["lr_max"] = 1.0  # not given: the optimizer defaults it to the group's lr and checks it then
+        conventions.check_group(spelled, where=suffix.removeprefix(" in "))
     if "moments" in group or "param_rounding" in group:
         from .formats import DEFAULTS, check_options
 

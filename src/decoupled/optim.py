@@ -91,7 +91,9 @@ class _AdamFamily(Optimizer):
         # like the convention keys: present only when not torch's, so the layout stays torch's
         defaults.update(moments=moments, param_rounding=param_rounding)
         self._normalize(defaults)
-        conventions.check_group({**defaults, "lr_max": defaults.get("lr_max", 1.0)} if "decay_scaling" in defaults else defaults)
+        conventions.check_group(
+            {**defaults, "lr_max": defaults.get("lr_max", 1.0)} if "decay_scaling" in defaults else defaults
+        )
         check_group(defaults)
         defaults.update(normalize_group(defaults))  # flags as bools, numbers as floats: before any state
         self._checked: dict[int, tuple] = {}  # group index -> hyperparameters last checked at step()
@@ -156,7 +158,11 @@ class _AdamFamily(Optimizer):
             fmt, rounding = formats.options(group)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
-                if p_state and formats.is_formatted(group, p) and formats.which(p_state, "exp_avg", p) is not fmt.for_param(p):
+                if (
+                    p_state
+                    and formats.is_formatted(group, p)
+                    and formats.which(p_state, "exp_avg", p) is not fmt.for_param(p)
+                ):
                     # unpickled from a release whose format of this name stored other codes (the tree
                     # 8-bit code before the float8 one): converted as a load converts it
                     self.state[p] = p_state = formats.convert_entry(p_state, p, fmt, rounding)

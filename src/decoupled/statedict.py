@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import defaultdict
 import re
 import warnings
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -45,8 +45,14 @@ NONNEGATIVE = ("exp_avg_sq", "max_exp_avg_sq")
 REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 """Keys the step reads that a loaded group must carry itself: torch's load replaces each
 group with the checkpoint's, so the optimizer's own values do not fill the gaps."""
-FLAG_DEFAULTS = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                 "differentiable": False, "fused": None}
+FLAG_DEFAULTS = {
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": None,
+}
 """What ``__setstate__`` fills in for flags an older checkpoint lacks (torch's defaults)."""
 CONVENTION_KEYS = ("lr_independent_decay", "lr_max", "decay_scaling", "cautious_decay")
 """Group keys that name a weight-decay convention other than torch's (absent: torch's)."""
@@ -120,8 +126,8 @@ def validate(state_dict: Any, param_groups: Sequence[Mapping[str, Any]], *, deco
     if unknown:
         _fail(f"state has entries {unknown[:5]} that belong to no parameter of any group")
     for index, entry in state.items():
-        p, g, loaded = index_to_param[index]
-        _check_param_state(entry, p, index, g, bool(normalize_flags(loaded, warn=False)["amsgrad"]))
+        p, g, its_group = index_to_param[index]
+        _check_param_state(entry, p, index, g, bool(normalize_flags(its_group, warn=False)["amsgrad"]))
 
 
 def _check_group(saved: Any, group: Mapping[str, Any], g: int, decoupled: bool | None) -> dict[str, Any]:

@@ -36,7 +36,10 @@ def parameters(dtype: torch.dtype, big: bool) -> list[torch.Tensor]:
     """A matrix (64 x 64 when ``big``: the smallest that 8-bit moments quantize) and a vector."""
     g = torch.Generator().manual_seed(0)
     shape = (64, 64) if big else (5, 3)
-    return [torch.randn(*shape, generator=g).to(dtype).requires_grad_(), torch.randn(7, generator=g).to(dtype).requires_grad_()]
+    return [
+        torch.randn(*shape, generator=g).to(dtype).requires_grad_(),
+        torch.randn(7, generator=g).to(dtype).requires_grad_(),
+    ]
 
 
 def grads(step: int, params: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -84,4 +84,15 @@ def _resolve(name: str, kinds: Kinds, *, differentiable: bool, cautious: bool) -
     return backend
 
 
-__all__ = ["Backend", "Kinds", "REGISTRY", "BACKENDS", "MODULES", "Unsupported", "get", "candidates", "resolve", "kinds_of"]
+__all__ = [
+    "Backend",
+    "Kinds",
+    "REGISTRY",
+    "BACKENDS",
+    "MODULES",
+    "Unsupported",
+    "get",
+    "candidates",
+    "resolve",
+    "kinds_of",
+]

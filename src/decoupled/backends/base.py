@@ -57,7 +57,9 @@ class Backend:
     def unsupported_reason(self, kinds: Kinds, *, differentiable: bool = False, cautious: bool = False) -> str | None:
         """Why this backend cannot run tensors of ``kinds`` with these options, or None."""
         if differentiable and not self.differentiable:
-            return f"the {self.name} backend does not record autograd history; differentiable=True needs the loop backend"
+            return (
+                f"the {self.name} backend does not record autograd history; differentiable=True needs the loop backend"
+            )
         if cautious and not self.cautious:
             return (
                 f"the {self.name} backend cannot mask the decay per coordinate, which cautious_decay=True needs; "

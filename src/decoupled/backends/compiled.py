@@ -282,6 +282,7 @@ def step(
             c,
         )
     if small:
+
         def pick(ts: list[torch.Tensor]) -> list[torch.Tensor]:
             return [ts[i] for i in small]
 

@@ -39,7 +39,7 @@ def step(
         ci = c
         if torch.is_complex(param):
             if c.coupled:  # as torch's for-loop: the L2 term added in complex arithmetic, then viewed as real
-                grad = (grad.neg() if c.maximize else grad).add(param, alpha=c.l2)
+                grad = ops.add(ops.neg(grad) if c.maximize else grad, param, alpha=c.l2)
                 ci = real_gradient
             param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
             if max_exp_avg_sq is not None:

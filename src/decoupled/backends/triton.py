@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, defaultdict
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -37,7 +37,7 @@ BLOCK = 1024
 NUM_WARPS = 4
 """Warps per program by default; ``DECOUPLED_TRITON_NUM_WARPS`` overrides it."""
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 16
 
 
@@ -123,7 +123,7 @@ def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -
 
 
 def _launch(
-    lists: list[list[torch.Tensor]], c: GroupCoefficients, neg_step_size: float, bias_correction2_sqrt: float
+    lists: list[list[torch.Tensor]], c: GroupCoefficients, neg_step_size: Any, bias_correction2_sqrt: Any
 ) -> None:
     from ._triton_kernel import adam_kernel
 

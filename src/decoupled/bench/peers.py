@@ -397,8 +397,15 @@ def deepspeed_contenders(device: torch.device, dtypes: list[torch.dtype]) -> lis
         return ds.DeepSpeedCPUAdam(ps, **HYPER, adamw_mode=True)  # type: ignore[union-attr]
 
     return [
-        Contender("deepspeed.ops.adam.DeepSpeedCPUAdam", "deepspeed", dt, make, note="C++ AVX kernel", skip=reason,
-                  compiles=True)
+        Contender(
+            "deepspeed.ops.adam.DeepSpeedCPUAdam",
+            "deepspeed",
+            dt,
+            make,
+            note="C++ AVX kernel",
+            skip=reason,
+            compiles=True,
+        )
         for dt in dtypes
     ]
 

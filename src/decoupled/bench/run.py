@@ -126,9 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the reference is always kept); each word must match a contender",
     )
     parser.add_argument("--repeats", type=positive_int, default=20, help="most timed steps per contender and case")
-    parser.add_argument(
-        "--min-repeats", type=positive_int, default=5, help="fewest timed steps per contender and case"
-    )
+    parser.add_argument("--min-repeats", type=positive_int, default=5, help="fewest timed steps per contender and case")
     parser.add_argument(
         "--budget",
         type=positive_float,

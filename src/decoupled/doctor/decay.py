@@ -16,6 +16,7 @@ Every function here takes numbers (lr, weight decay, steps) and returns numbers 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
 SEVERITIES = ("error", "warning", "info")
 """Most severe first: ``error`` (training is wrong), ``warning`` (very likely a mistake), ``info``."""
 
@@ -83,5 +82,3 @@ def format_findings(findings: Sequence[Finding]) -> str:
     for f in findings:
         table.add_row(f"[{colors[f.severity]}]{f.severity}[/]\n{f.code}", f.what, f.where, f.fix)
     return render_table(table)
-
-

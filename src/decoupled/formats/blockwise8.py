@@ -92,7 +92,6 @@ MIN_NUMEL = 4096
 """Parameters with fewer elements keep float32 moments (see :meth:`Blockwise8.for_param`)."""
 
 
-
 def dynamic_codebook(signed: bool) -> torch.Tensor:
     """The 256 codebook values, ascending, in float32 (see the module docstring)."""
     bits = 7 if signed else 8

@@ -157,5 +157,3 @@ EXECUTOR = Executor(
     answers="native",
     auto_rank={"cpu": 10},
 )
-
-

@@ -218,9 +218,7 @@ def get_scheduler(
             f"Trainer builds it around decoupled.AdamW, or use {_NOT_CURVES[name]} yourself"
         )
     if name not in NAMES:
-        raise ValueError(
-            f"unknown scheduler type {name!r}; transformers' names are {sorted([*NAMES, *_NOT_CURVES])}"
-        )
+        raise ValueError(f"unknown scheduler type {name!r}; transformers' names are {sorted([*NAMES, *_NOT_CURVES])}")
     accepted, build = NAMES[name]
     kw = dict(scheduler_specific_kwargs or {})
     kw_given = dict(kw)

@@ -196,7 +196,10 @@ def findings(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
                     xs.append(math.log10(lr))
                     ys.append(math.log10(w) + lr_power * math.log10(lr))
         fit = fit_slope(xs, ys)
-        shift = lambda v: None if v is None else v - lr_power  # noqa: E731 - the slope of wd as passed
+
+        def shift(v: float | None, lr_power: float = lr_power) -> float | None:  # the slope of wd as passed
+            return None if v is None else v - lr_power
+
         out[conv] = {
             "label": CONVENTIONS[conv].label if conv in CONVENTIONS else conv,
             "best": {k: _finite(v) for k, v in best.items() if k != "val_by_seed"},

@@ -115,9 +115,7 @@ def compare(
     before = set(store.runs)
     extensions: list[dict[str, Any]] = []
     t0, cpu0 = time.perf_counter(), time.process_time()
-    runner = Runner(
-        task, store, epochs=epochs, data_seed=seed, max_train=max_train, workers=workers, progress=progress
-    )
+    runner = Runner(task, store, epochs=epochs, data_seed=seed, max_train=max_train, workers=workers, progress=progress)
     with runner:
         for round_ in range(1, 1000):
             cells = make_cells(conventions, lrs, rows, seed_list)
@@ -221,7 +219,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lrs", type=_floats, help="peak learning rates, comma-separated (default: the task's)")
     for key, conv in CONVENTIONS.items():
         p.add_argument(
-            f"--wd-{key.replace('_', '-')}", type=_floats, dest=f"wd_{key}", metavar="WDS",
+            f"--wd-{key.replace('_', '-')}",
+            type=_floats,
+            dest=f"wd_{key}",
+            metavar="WDS",
             help=f"wd axis of {conv.label}",
         )
     p.add_argument(

@@ -120,7 +120,7 @@ def legend(results: dict[str, Any]) -> list[str]:
         "reading, from the interval: coupled = below -0.5 (best decay falls as lr grows, -1: as 1/lr); "
         "decoupled = within ±0.5 (it stays put); otherwise inconclusive.",
     ]
-    for conv, f in results["findings"].items():
+    for f in results["findings"].values():
         if f["fitted"] == "lr·wd" and f["slope_wd"] is not None and f["slope_wd_interval"] is not None:
             lo, hi = f["slope_wd_interval"]
             lines.append(
@@ -260,10 +260,15 @@ def _setup(results: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         ["warmup (epochs), then cosine to 0", s["warmup_epochs"]],
         ["training examples used", "all" if s.get("max_train") is None else s["max_train"]],
         ["learning rates", ", ".join(f"{x:g}" for x in g["lrs"])],
-        *[[f"wd axis, {CONVENTIONS[c].label if c in CONVENTIONS else c}", ", ".join(f"{x:g}" for x in g["wds"][c])]
-          for c in g["conventions"]],
-        ["rows extended", ", ".join(f"{e['convention']} lr {e['lr']:g}: +{e['wd']:g}" for e in
-                                    results["extension"]["added"]) or "none"],
+        *[
+            [f"wd axis, {CONVENTIONS[c].label if c in CONVENTIONS else c}", ", ".join(f"{x:g}" for x in g["wds"][c])]
+            for c in g["conventions"]
+        ],
+        [
+            "rows extended",
+            ", ".join(f"{e['convention']} lr {e['lr']:g}: +{e['wd']:g}" for e in results["extension"]["added"])
+            or "none",
+        ],
         ["seeds", ", ".join(map(str, g["seeds"]))],
         ["runs", f"{len(runs)} ({results['runs_reused']} reused from an earlier invocation)"],
         ["wall time of this invocation", f"{results['wall_seconds']:.1f} s with {results['workers']} workers"],
@@ -272,8 +277,10 @@ def _setup(results: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return (
         "<h2>Setup</h2>"
         + f"<p>{esc(results['task']['description'])}</p>"
-        + table(["setting", "value"], [[k, "" if v is None or (isinstance(v, float) and math.isnan(v)) else v]
-                                       for k, v in rows])
+        + table(
+            ["setting", "value"],
+            [[k, "" if v is None or (isinstance(v, float) and math.isnan(v)) else v] for k, v in rows],
+        )
         + "<p>Weight decay applies to weight matrices and embeddings; biases and normalization parameters are "
         "not decayed. Adam + L2 adds λ·θ to the gradient, so its decay is divided by √v like the gradient; AdamW "
         "multiplies θ by 1 − lr<sub>t</sub>·wd each step (PyTorch's form); the lr-independent form by "

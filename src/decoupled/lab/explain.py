@@ -81,8 +81,8 @@ class Recorder:
                 rms = (st["exp_avg_sq"].double() / (1 - beta2 ** float(st["step"]))).sqrt()
                 if self.conv.coupled:
                     d = lr * wd / (rms + eps)
-                else:
-                    d = torch.full_like(rms, self.conv.decay_per_step(wd, lr, lr_max))
+                else:  # a decoupled convention: one fraction per step for every weight
+                    d = torch.full_like(rms, float(self.conv.decay_per_step(wd, lr, lr_max) or 0.0))
                 if self.conv.cautious:
                     mask = (st["exp_avg"] * self.previous[key] >= 0).double()
                     d = d * mask
@@ -195,7 +195,7 @@ def _collect(rec: Recorder, result: dict[str, Any], wd: float) -> dict[str, Any]
     norms = {n: float(p.detach().double().norm()) for n, p in rec.model.named_parameters()}
     tensors = {}
     for key, s in rec.sum_d.items():
-        entry = {
+        entry: dict[str, Any] = {
             "decay": (s / rec.steps).flatten().numpy(),
             "rms": (rec.sum_rms[key] / rec.steps).flatten().numpy(),
         }
@@ -291,15 +291,26 @@ class _Bar:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="nextchar", help="built-in task (nextchar, digits, charlm), 'module:Attr' "
-                   "or 'file.py:Attr' (default: nextchar)")
+    p.add_argument(
+        "--task",
+        default="nextchar",
+        help="built-in task (nextchar, digits, charlm), 'module:Attr' or 'file.py:Attr' (default: nextchar)",
+    )
     p.add_argument("--out", help="output folder (default: runs/explain-<task>)")
-    p.add_argument("--conventions", default=",".join(DEFAULT_PAIR),
-                   help=f"comma-separated, any of {','.join(CONVENTIONS)} (default: {','.join(DEFAULT_PAIR)})")
+    p.add_argument(
+        "--conventions",
+        default=",".join(DEFAULT_PAIR),
+        help=f"comma-separated, any of {','.join(CONVENTIONS)} (default: {','.join(DEFAULT_PAIR)})",
+    )
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the task's)")
     for key, conv in CONVENTIONS.items():
-        p.add_argument(f"--wd-{key.replace('_', '-')}", type=positive_float, dest=f"wd_{key}", metavar="WD",
-                       help=f"weight decay of {conv.label}")
+        p.add_argument(
+            f"--wd-{key.replace('_', '-')}",
+            type=positive_float,
+            dest=f"wd_{key}",
+            metavar="WD",
+            help=f"weight decay of {conv.label}",
+        )
     p.add_argument("--epochs", type=positive_int, help="override the task's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=positive_int, help="use only this many training examples")

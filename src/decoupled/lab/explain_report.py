@@ -59,8 +59,15 @@ def deciles_and_norms(per_conv: dict[str, Any], summary: dict[str, Any]) -> byte
     x = np.arange(1, 11)
     for i, conv in enumerate(summary):
         y = [v if v else np.nan for v in summary[conv]["decay_by_rms_decile"]]
-        a1.plot(x, y, marker="o", ls=_STYLES[i % len(_STYLES)], lw=3 - 0.5 * i, color=plots.color(conv, i),
-                label=_name(conv))
+        a1.plot(
+            x,
+            y,
+            marker="o",
+            ls=_STYLES[i % len(_STYLES)],
+            lw=3 - 0.5 * i,
+            color=plots.color(conv, i),
+            label=_name(conv),
+        )
     a1.set_yscale("log")
     a1.set_xticks(x)
     a1.set_xlabel("gradient-history decile (1 = smallest time-averaged sqrt(v̂), 10 = largest)")
@@ -71,8 +78,13 @@ def deciles_and_norms(per_conv: dict[str, Any], summary: dict[str, Any]) -> byte
     pos = np.arange(len(names))
     h = 0.8 / len(per_conv)
     for k, conv in enumerate(per_conv):
-        a2.barh(pos + (k - (len(per_conv) - 1) / 2) * h, [per_conv[conv]["norms"][n] for n in names], height=h,
-                color=plots.color(conv, k), label=_name(conv))
+        a2.barh(
+            pos + (k - (len(per_conv) - 1) / 2) * h,
+            [per_conv[conv]["norms"][n] for n in names],
+            height=h,
+            color=plots.color(conv, k),
+            label=_name(conv),
+        )
     a2.set_yticks(pos, names, fontsize=8)
     a2.invert_yaxis()
     a2.set_xlabel("Frobenius norm after training")
@@ -95,8 +107,14 @@ def schedule(summary: dict[str, Any]) -> bytes:
             ax.plot(steps, sched["median"], color=col, lw=2, label=f"{_name(conv)}: median (band: 10-90% of weights)")
         else:
             what = "mean over weights" if CONVENTIONS[conv].cautious else "every weight"
-            ax.plot(steps, sched["mean"], color=col, lw=3.4 - 0.6 * i, ls=_STYLES[i % len(_STYLES)],
-                    label=f"{_name(conv)}: {what}")
+            ax.plot(
+                steps,
+                sched["mean"],
+                color=col,
+                lw=3.4 - 0.6 * i,
+                ls=_STYLES[i % len(_STYLES)],
+                label=f"{_name(conv)}: {what}",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("decay per step (fraction of the weight)")

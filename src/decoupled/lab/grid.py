@@ -188,9 +188,7 @@ def _worker_run(cell: Cell, epochs: int) -> dict[str, Any]:
     except ValueError as err:  # an argument the optimizer refused
         raise UsageError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - the task's model, loss or evaluation failed
-        raise SetupError(
-            f"training {cell.key} raised {type(err).__name__}: {err}".split("\n")[0]
-        ) from None
+        raise SetupError(f"training {cell.key} raised {type(err).__name__}: {err}".split("\n")[0]) from None
     result["key"] = cell.key
     result["n_val"] = int(_WORKER["data"].val[1].numel())
     result["cpu_seconds"] = round(time.process_time() - t0, 3)

@@ -150,8 +150,15 @@ def best_wd_vs_lr(found: dict, ylabels: dict[str, str]) -> bytes:
                 ax.plot(p["lr"], y, "s", ms=9, mfc="none", mec=col, mew=1.5, zorder=4)
                 continue
             ax.plot(p["lr"], y, "o", ms=8, color=col, zorder=4)
-            ax.plot([p["lr"]] * len(p["per_seed"]), [w * p["lr"] ** power for w in p["per_seed"]], ".",
-                    ms=5, color="black", alpha=0.55, zorder=5)
+            ax.plot(
+                [p["lr"]] * len(p["per_seed"]),
+                [w * p["lr"] ** power for w in p["per_seed"]],
+                ".",
+                ms=5,
+                color="black",
+                alpha=0.55,
+                zorder=5,
+            )
         inner = [p for p in pts if not p["edge"]]
         if f["slope"] is not None and inner:
             lx = np.log10([p["lr"] for p in inner])

@@ -35,7 +35,6 @@ cross-entropy in nats and the fraction of wrong argmax predictions). Every metri
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from torch import nn
 
 from .. import schedules
 from ..cli.args import call_user, load_attr, module_name_for
-from ..conventions import CONVENTIONS, Scaling
+from ..conventions import Scaling
 from ..conventions import get as get_convention
 
 #: The conventions ``compare`` trains unless told otherwise (keys of :data:`CONVENTIONS`).

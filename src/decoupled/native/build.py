@@ -88,9 +88,10 @@ def cache_dir() -> Path:
 
 def _key() -> str:
     h = hashlib.sha256()
-    sources = [p.read_bytes() for p in (SOURCE, *HEADERS)]
-    for part in (*sources, " ".join(FLAGS), torch.__version__, sys.version, _cpu_signature()):
-        h.update(part if isinstance(part, bytes) else part.encode())
+    parts = [p.read_bytes() for p in (SOURCE, *HEADERS)]
+    parts += [s.encode() for s in (" ".join(FLAGS), torch.__version__, sys.version, _cpu_signature())]
+    for part in parts:
+        h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
 

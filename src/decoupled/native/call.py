@@ -72,8 +72,8 @@ class Call:
         self.numels.append(param.numel())
         self.ids.append(index)
         step_size, bc2_sqrt = step_coefficients(c, step)
-        self.step_sizes.append(step_size)
-        self.bc2_sqrts.append(bc2_sqrt)
+        self.step_sizes.append(float(step_size))
+        self.bc2_sqrts.append(float(bc2_sqrt))
 
     def run(
         self, module, dtype, kinds, rounding, c: GroupCoefficients, seed: int, noise: bool, table_ptrs: list[int]

@@ -10,7 +10,6 @@ class here; defining it registers it.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import operator
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
@@ -62,14 +61,18 @@ SCHEDULES: dict[str, type[ScheduleBase]] = {}
 """Schedule classes by name; a subclass of :class:`ScheduleBase` with a ``curve`` adds itself."""
 
 
-@functools.cache
+_PARAMETERS: dict[type, tuple[inspect.Parameter, ...]] = {}
+
+
 def _parameters(schedule: type[ScheduleBase]) -> tuple[inspect.Parameter, ...]:
     """The options in ``schedule``'s signature (read once per class)."""
-    return tuple(
-        p
-        for p in inspect.signature(schedule.__init__).parameters.values()
-        if p.name not in ("self", "optimizer", "last_epoch") and p.kind is not inspect.Parameter.VAR_KEYWORD
-    )
+    if schedule not in _PARAMETERS:
+        _PARAMETERS[schedule] = tuple(
+            p
+            for p in inspect.signature(schedule.__init__).parameters.values()
+            if p.name not in ("self", "optimizer", "last_epoch") and p.kind is not inspect.Parameter.VAR_KEYWORD
+        )
+    return _PARAMETERS[schedule]
 
 
 def options_of(schedule: type[ScheduleBase], options: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import decoupled
+from cases import backend_params
 from scenario import assert_same, clone_params, gradient, make_params, two_groups
 
 PAIRS = [(decoupled.AdamW, torch.optim.AdamW), (decoupled.Adam, torch.optim.Adam)]
@@ -166,3 +167,29 @@ def test_a_loaded_optimizer_takes_new_parameters_in_a_later_group():
     a.grad, b.grad = torch.ones(3), torch.ones(2)
     again.step()
     assert again.state[b]["step"].item() == 1 and again.state[a]["step"].item() == 2
+
+
+@pytest.mark.parametrize("case", backend_params(torch.float32))
+def test_every_backend_resumes_a_checkpoint_bit_for_bit_in_torchs_layout(case):
+    """Every registered backend (the case table): a checkpoint taken mid-run through torch.save
+    resumes bit for bit, and its state is torch's layout (keys, dtypes, strides), so
+    torch.optim.AdamW loads it too."""
+    params = make_params(case.kind(), torch.float32)
+    ref = clone_params(params)
+    ref_opt = case.make(two_groups(ref, 0.1), weight_decay=0.1, amsgrad=True)
+    train(ref_opt, ref, 6)
+    ps = clone_params(params)
+    opt = case.make(two_groups(ps, 0.1), weight_decay=0.1, amsgrad=True)
+    train(opt, ps, 3)
+    sd = roundtrip(opt.state_dict())
+    theirs = torch.optim.AdamW(two_groups(clone_params(ps), 0.1), weight_decay=0.1, amsgrad=True)
+    theirs.load_state_dict(copy.deepcopy(sd))
+    for mine, loaded in zip(opt.state.values(), theirs.state.values()):
+        assert list(mine) == list(loaded)
+        for key, t in mine.items():
+            assert (t.dtype, t.shape, t.stride()) == (loaded[key].dtype, loaded[key].shape, loaded[key].stride()), key
+    resumed_params = clone_params(ps)
+    resumed = case.make(two_groups(resumed_params, 0.1), weight_decay=0.1, amsgrad=True)
+    resumed.load_state_dict(sd)
+    train(resumed, resumed_params, 3, start=3)
+    assert_same(ref, resumed_params, ref_opt, resumed, step=5, exact=lambda p: True)

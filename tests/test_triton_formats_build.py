@@ -1,6 +1,6 @@
 """The formats' Triton executor (:mod:`decoupled.formats.triton`) without running its kernel:
-the 8-bit code lookup it uses, the reasons it gives, its launch settings, the kernel compiled
-for a Hopper GPU (sm_90) here without one, and its rows in ``decoupled bench``.
+the formats it takes and the reasons it gives, its launch settings, the kernel compiled for a
+Hopper GPU (sm_90) here without one, and its rows in ``decoupled bench``.
 
 ``tests/test_triton_formats.py`` runs the kernel itself against the arena (under the interpreter,
 and on CUDA).
@@ -15,25 +15,27 @@ import pytest
 pytest.importorskip("triton")
 
 
-def test_bucket_lookup_through_midpoints_equals_the_threshold_table():
-    """The kernel's ``base[b] + (y > mids[base[b]])`` (midpoints ending with +inf) gives
-    :meth:`Codebook.lookup`'s code at both ends of every one of the 65536 buckets and at random
-    points inside them, for both codebooks."""
+@pytest.mark.parametrize(
+    ("moments", "words"),
+    [
+        ("param", None),
+        ("fp32", None),
+        ("bf16", None),
+        ("8bit", None),  # the blockwise float8 code
+        ("tree", "blockwise float8"),  # the legacy dynamic-tree code: converted on loading, never run
+    ],
+)
+def test_moment_formats_it_runs(moments, words):
+    """On CUDA parameters (a GPU is not needed to decide) the executor runs every moment format an
+    option names, and refuses the legacy tree code with a reason that names what it runs."""
     import torch
 
-    from decoupled.formats.blockwise8 import codebook
+    from decoupled import formats
+    from decoupled.formats import triton as triton_formats
 
-    patterns = torch.arange(1 << 16, dtype=torch.int64) << 16
-    offsets = torch.randint(0, 1 << 16, (4, 1 << 16), generator=torch.Generator().manual_seed(0))
-    bits = torch.cat([patterns, patterns | 0xFFFF, *(patterns | offsets)])
-    y = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
-    y = y[torch.isfinite(y)].contiguous()
-    for signed in (True, False):
-        book = codebook(signed)
-        mids = torch.cat([book.midpoints, torch.tensor([torch.inf])])
-        b = y.view(torch.int32).bitwise_right_shift(16).bitwise_and(0xFFFF)
-        below = book.base[b].long()
-        assert torch.equal(below + (y > mids[below]), book.lookup(y).long())
+    fmt = formats.LEGACY[0] if moments == "tree" else formats.get(moments)
+    reason = triton_formats.why_not(fmt, "nearest", {("cuda", torch.float32), ("cuda", torch.bfloat16)})
+    assert reason is None if words is None else (reason is not None and words in reason), reason
 
 
 @pytest.mark.parametrize(
@@ -89,20 +91,20 @@ def test_launch_config_from_environment(monkeypatch, kernel, env, expected):
             config()
 
 
-# (parameter, moment element types, kernel flags) compiled for Hopper without a GPU
+# (parameter, moment element types, kernel flags) compiled for Hopper without a GPU; MOMENTS=2 is
+# the float8 code (uint8 codes)
 HOPPER_CASES = [
     ("fp32", "u8", dict(MOMENTS=2, AMSGRAD=True, CAUTIOUS=True)),
     ("bf16", "bf16", dict(MOMENTS=1, PARAM_ROUNDING=2, RANDOM_WORDS=2, AMSGRAD=True, MAXIMIZE=True)),
     ("fp16", "u8", dict(MOMENTS=2, PARAM_ROUNDING=1, HAS_L2=True, HAS_DECAY=False)),
+    ("bf16", "u8", dict(MOMENTS=2, PARAM_ROUNDING=2, RANDOM_WORDS=1)),
 ]
 
 
 def _hopper_signature(arg_names, param: str, moment: str, constants: dict) -> dict[str, str]:
     """Triton's type string for each kernel argument (``constexpr`` for the flags)."""
-    types = dict(ptr_table="*i64", numels="*i64", block_tensor="*i32", block_start="*i64", absmax_witness="*fp32")
+    types = dict(ptr_table="*i64", numels="*i64", block_tensor="*i32", block_start="*i64")
     types.update(p_witness=f"*{param}", g_witness=f"*{param}", m_witness=f"*{moment}")
-    for table in ("signed", "unsigned"):
-        types.update({f"{table}_values": "*fp32", f"{table}_base": "*u8", f"{table}_mids": "*fp32"})
     types.update(first_block="i32", num_tensors="i32", seed="i64")
     return {name: "constexpr" if name in constants else types.get(name, "fp32") for name in arg_names}
 
@@ -145,15 +147,19 @@ def test_kernel_compiles_for_hopper_with_vector_stores(case):
 
 
 def test_bench_lists_the_executor_rows_without_a_gpu():
-    """``decoupled bench`` has a ``backend='triton'`` row for every timed format, listed with the
-    executor's reason where it cannot run (here: no CUDA GPU)."""
+    """``decoupled bench`` has a row for every ``backend='triton'`` option set of its tables (state
+    formats and conventions, per parameter dtype), listed with the reason where it cannot run
+    (here: no CUDA GPU)."""
     import torch
 
     from decoupled.bench import peers
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("this process runs the interpreter, which takes CPU tensors")
-    rows = peers.decoupled_contenders(torch.device("cpu"), [torch.float32, torch.bfloat16])
+    dtypes = [torch.float32, torch.bfloat16]
+    rows = peers.decoupled_contenders(torch.device("cpu"), dtypes)
     mine = [c for c in rows if "backend='triton'" in c.name]
-    assert len(mine) == sum(1 for fs in peers.FORMATS.values() for f in fs if f.get("backend") == "triton") == 5
+    tables = [options for dt in dtypes for table in (peers.FORMATS, peers.CONVENTIONS) for options in table.get(dt, ())]
+    expected = [options for options in tables if options.get("backend") == "triton"]
+    assert expected and len(mine) == len(expected), [c.name for c in mine]
     assert all(c.skip and "CUDA" in c.skip for c in mine), [(c.name, c.skip) for c in mine]

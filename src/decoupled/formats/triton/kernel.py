@@ -38,6 +38,8 @@ DENSE, DENSE_STOCHASTIC, FLOAT8 = 0, 1, 2
 # PARAM_ROUNDING: how the parameter is written (fp32 parameters: NEAREST, which is exact)
 NEAREST, KAHAN, STOCHASTIC = 0, 1, 2
 
+QBLOCK: tl.constexpr = tl.constexpr(256)  # elements per float8 block (decoupled.formats.float8.BLOCK)
+GROUP: tl.constexpr = tl.constexpr(4)  # consecutive elements a thread holds: one vector, one Philox draw
 # the largest codes' values (decoupled.formats.float8.E4M3_MAX, E5M3_MAX)
 E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
 E5M3_MAX: tl.constexpr = tl.constexpr(61440.0)
@@ -121,7 +123,8 @@ def _store_moment(
     block), and each ``y`` through float16 (round to nearest even), then to the code's 3 mantissa
     bits (nearest even on the bits). e4m3fn (``SIGNED``): the magnitude ``min(|y|, 448) * 2^-8``
     (a NaN takes 448, as the format's clamp of its code does) and the sign of ``y``; e5m3:
-    ``min(|y|, MAX)``, whose NaN, in any float16 NaN's bits, takes the code 0xFC (NaN)."""
+    ``min(|y|, MAX)``, a NaN staying NaN (its code, as the format's, depends on the NaN's bits;
+    its block's scale is NaN)."""
     if MOMENTS == 2:
         top: tl.constexpr = E4M3_MAX if SIGNED else E5M3_MAX
         magnitude = tl.abs(x)
@@ -136,13 +139,56 @@ def _store_moment(
             code = _top_byte((tl.minimum(tl.abs(y), top) * 0.00390625).to(tl.float16))
             code = code | ((y.to(tl.uint32, bitcast=True) >> 24) & 0x80)
         else:
-            half = tl.minimum(tl.abs(y), top, propagate_nan=tl.PropagateNan.ALL).to(tl.float16)
-            code = tl.minimum(_top_byte(half), 0xFC)
+            code = _top_byte(tl.minimum(tl.abs(y), top, propagate_nan=tl.PropagateNan.ALL).to(tl.float16))
         tl.store(ptr + offs, code.to(tl.uint8), mask=mask)
     elif MOMENTS == 1:
         tl.store(ptr + offs, _stochastic(x, noise), mask=mask)
     else:
         tl.store(ptr + offs, _nearest(ptr, x, ROUND_BY_HAND), mask=mask)
+
+
+@triton.jit
+def _tile(start, n, ROWS: tl.constexpr, EVEN: tl.constexpr):
+    """The ``[2, ROWS, 32, 4]`` tile of elements from ``start`` (a multiple of ``ROWS * 256``) of a
+    tensor of ``n``: offsets, mask, the ``ROWS`` blocks' indices and mask, and the indices ``r``
+    (block), ``group`` (group of 4 in the block) and ``k`` (element in the group) of each."""
+    h = tl.arange(0, 2)[:, None, None, None]
+    r = tl.arange(0, ROWS)[None, :, None, None]
+    j = tl.arange(0, QBLOCK // GROUP // 2)[None, None, :, None]
+    k = tl.arange(0, GROUP)[None, None, None, :]
+    group = h * (QBLOCK // GROUP // 2) + j
+    offs = start + (r * QBLOCK + group * GROUP + k)
+    # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
+    # then sees the mask constant over each thread's consecutive elements and loads them as vectors
+    mask = offs < (start + ROWS * QBLOCK if EVEN else n)
+    block_ids = start // QBLOCK + tl.arange(0, ROWS)
+    block_mask = block_ids * QBLOCK < n
+    return offs, mask, block_ids, block_mask, r, group, k
+
+
+@triton.jit
+def float8_kernel(
+    values,  # float32[n]
+    codes,  # uint8[n]
+    scales,  # float32[ceil(n / 256)]
+    n,
+    first_program,
+    STORE: tl.constexpr,  # store values as codes and scales, or load them into values
+    SIGNED: tl.constexpr,  # e4m3fn (exp_avg) or e5m3
+    EVEN: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    """The float8 store or load of :func:`format_kernel` on its own, over ``ROWS`` blocks per
+    program: what a moment goes through between two steps, for comparing with
+    :class:`decoupled.formats.float8.BlockFloat8` on any float32 values."""
+    start = (first_program + tl.program_id(0)) * (ROWS * QBLOCK)
+    offs, mask, block_ids, block_mask, r, group, k = _tile(start, n, ROWS, EVEN)
+    if STORE:
+        x = tl.load(values + offs, mask=mask, other=0.0)
+        _store_moment(x, codes, scales, 0, offs, mask, block_ids, block_mask, 2, SIGNED, EVEN, False)  # 2: FLOAT8
+    else:
+        x = _load_moment(codes, scales, offs, mask, block_ids, block_mask, 2, SIGNED)
+        tl.store(values + offs, x, mask=mask)
 
 
 @triton.jit(do_not_specialize=["first_block", "num_tensors", "seed"])  # one kernel for any counts and key
@@ -178,24 +224,11 @@ def format_kernel(
     ROUND_BY_HAND: tl.constexpr,
     ROWS: tl.constexpr,
 ):
-    QBLOCK: tl.constexpr = 256
-    GROUP: tl.constexpr = 4
     pid = first_block + tl.program_id(0)  # this block's index in the tables (and its random counter)
     t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
     n = tl.load(numels + t)
-    start = tl.multiple_of(start, ROWS * QBLOCK)
-    h = tl.arange(0, 2)[:, None, None, None]
-    r = tl.arange(0, ROWS)[None, :, None, None]
-    j = tl.arange(0, QBLOCK // GROUP // 2)[None, None, :, None]
-    k = tl.arange(0, GROUP)[None, None, None, :]
-    group = h * (QBLOCK // GROUP // 2) + j  # the row's group of 4 elements
-    offs = start + (r * QBLOCK + group * GROUP + k)
-    # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
-    # then sees the mask constant over each thread's consecutive elements and loads them as vectors
-    mask = offs < (start + ROWS * QBLOCK if EVEN else n)
-    block_ids = start // QBLOCK + tl.arange(0, ROWS)
-    block_mask = block_ids * QBLOCK < n
+    start = tl.multiple_of(tl.load(block_start + pid), ROWS * QBLOCK)
+    offs, mask, block_ids, block_mask, r, group, k = _tile(start, n, ROWS, EVEN)
 
     p_ptr = tl.load(ptr_table + PARAM * num_tensors + t).to(p_witness.dtype)
     g_ptr = tl.load(ptr_table + GRAD * num_tensors + t).to(g_witness.dtype)

@@ -23,14 +23,10 @@ rounded, which moves the parameter by an ulp but no moment. So, on the CPU:
 On CUDA torch's own kernels round some operations differently from its CPU kernels, so moments
 there may also move by one step (two for stochastic rounding) on a few elements.
 
-The float8 code is also checked on its own (:func:`decoupled.formats.triton.kernel.float8_kernel`,
-the kernel's store and load of a moment) against :class:`decoupled.formats.float8.BlockFloat8` on
-values chosen to reach every rounding case: every float16 the codes round from and every midpoint
-between two float16s (and its float32 neighbours), in blocks whose scale is 1 so that the kernel
-rounds exactly those; blocks at random scales from 1e-38 to 1e37; all-zero, negative-zero, NaN,
-infinite, subnormal and near-overflow blocks; and every one of the 256 codes decoded at several
-scales. Codes, scales and loaded values are bitwise equal (a NaN equals a NaN), except where noted
-in :func:`_float8_case`.
+The float8 code is also checked alone (:func:`decoupled.formats.triton.kernel.float8_kernel`: the
+kernel's store and load of a moment) against :class:`decoupled.formats.float8.BlockFloat8`, bitwise
+(NaN equals NaN; exceptions in :func:`_float8_case`), on values that reach every rounding case
+(:func:`_float8_values`) and on all 256 codes decoded at several scales.
 """
 
 from __future__ import annotations
@@ -77,18 +73,8 @@ SHAPES = [(4396,), (3, 7), (1,), (0,), (300,), (70, 64)]  # the last one is tran
 BIG_BLOCK = {"DECOUPLED_TRITON_FORMAT_BLOCK": "2048", "DECOUPLED_TRITON_FORMAT_NUM_WARPS": "8"}
 BIG_BLOCK_CASE = ("float32", "8bit", "nearest", "adamw", False, False)
 # the float8 code alone: (values, moment); see _float8_values and _float8_case
-FLOAT8_CASES = [
-    (values, moment)
-    for values in (
-        "float16 grid",
-        "between float16s",
-        "scaled midpoints",
-        "random blocks",
-        "special blocks",
-        "every code",
-    )
-    for moment in ("exp_avg", "exp_avg_sq")
-]
+FLOAT8_VALUES = ("float16 grid", "midpoints", "scaled midpoints", "random blocks", "special blocks", "every code")
+FLOAT8_CASES = [(values, moment) for values in FLOAT8_VALUES for moment in ("exp_avg", "exp_avg_sq")]
 
 
 def coefficients(convention: str, lr: float, amsgrad: bool, maximize: bool):
@@ -247,7 +233,10 @@ def _cautious(device: str) -> dict:
 
 
 def _float8_values(kind: str, signed: bool):
-    """float32 values for :func:`_float8_case` (``"every code"``: codes, uint8)."""
+    """float32 values for :func:`_float8_case` (``"every code"``: codes, uint8): every float16 the
+    codes round from, and every midpoint of two (with its float32 neighbours), in blocks whose scale
+    is 1, so that the kernel rounds exactly those; midpoints at random scales; blocks at scales from
+    1e-38 to 1e37; zero, NaN, infinite, subnormal and near-overflow blocks."""
     import torch
 
     from decoupled.formats.float8 import BLOCK, E4M3_MAX, E5M3_MAX
@@ -256,12 +245,12 @@ def _float8_values(kind: str, signed: bool):
     gen = torch.Generator().manual_seed(7)
     if kind == "every code":  # all 256 codes in each block, blocks at several scales
         return torch.arange(BLOCK, dtype=torch.uint8).repeat(6)
-    if kind in ("float16 grid", "between float16s", "scaled midpoints"):
+    if kind in ("float16 grid", "midpoints", "scaled midpoints"):
         # the float16 values the code rounds from: [0, 1.75] (e4m3fn's range, times 2^-8), [0, MAX] (e5m3)
         half = torch.arange(0x3F01 if signed else 0x7B81, dtype=torch.int32).to(torch.int16).view(torch.float16)
         y = half.float()
         mid = (y[1:] + y[:-1]) / 2  # midpoints between float16s (exact in float32)
-        if kind == "between float16s":  # and their float32 neighbours
+        if kind == "midpoints":  # and their float32 neighbours
             y = torch.cat([mid, torch.nextafter(mid, torch.tensor(0.0)), torch.nextafter(mid, torch.tensor(1e9))])
         if kind == "scaled midpoints":  # x = midpoint * scale, at random scales: y lands within ulps of it
             pick = mid[torch.randint(0, mid.numel(), (64, BLOCK - 1), generator=gen)] * (256 if signed else 1)

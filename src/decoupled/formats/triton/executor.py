@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ DEFAULT_BLOCK = 1024
 DEFAULT_NUM_WARPS = 4
 """Warps per program; ``DECOUPLED_TRITON_FORMAT_NUM_WARPS`` overrides it."""
 
-_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 16
 _NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -96,7 +96,7 @@ def _rounding_code(rounding: str, param: torch.Tensor) -> int:
     return NEAREST
 
 
-def _steps(states: list[Mapping[str, Any]]) -> list[float]:
+def _steps(states: Sequence[Mapping[str, Any]]) -> list[float]:
     steps = [s["step"] for s in states]
     if all(s.device.type == "cpu" for s in steps):
         return [float(s) for s in steps]

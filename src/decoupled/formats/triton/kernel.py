@@ -86,10 +86,10 @@ def _top_byte(half):
 @triton.jit
 def _load_moment(ptr, scale_ptr, offs, mask, block_ids, block_mask, MOMENTS: tl.constexpr, SIGNED: tl.constexpr):
     """A moment as fp32: dense, or float8 (:meth:`decoupled.formats.float8.BlockFloat8.load`):
-    ``code * scale`` of its block. A code is decoded as the float16 with its bits shifted into
-    place: an e5m3 code ``c`` is the float16 ``c << 7``, an e4m3fn code with magnitude ``m`` is
-    2^8 times the float16 ``m << 7`` with the code's sign (the 2^8 joins the block's scale, exact;
-    e4m3fn's NaN codes 0x7F/0xFF, which no store writes, read as +-480 times the scale)."""
+    ``code * scale`` of its block. An e5m3 code ``c`` is the float16 with bits ``c << 7``; e4m3fn
+    codes are Triton's ``float8e4nv``, converted by the GPU (``cvt.rn.f16x2.e4m3x2`` on sm_90, two
+    per instruction; exact, NaN codes included; Triton's interpreter reads the NaN codes 0x7F/0xFF,
+    which no store writes, as +-480)."""
     if MOMENTS == 2:
         codes = tl.load(ptr + offs, mask=mask, other=0)  # masked lanes: code 0 is +0
         scale = tl.load(scale_ptr + block_ids, mask=block_mask, other=0.0)
@@ -119,8 +119,8 @@ def _store_moment(
 ):
     """Store fp32 ``x`` in the moment's format. Float8
     (:meth:`decoupled.formats.float8.BlockFloat8.store`, the same operations): per block (row)
-    ``scale = max |x| / MAX`` (NaN if any element is), ``y = x * (1 / scale)`` (1 for an all-zero
-    block), and each ``y`` through float16 (round to nearest even), then to the code's 3 mantissa
+    ``scale = max |x| / MAX`` (NaN if any element is), ``y = x * (1 / scale)`` (``1 / 1`` for an
+    all-zero block), and each ``y`` through float16 (round to nearest even), then to the code's 3 mantissa
     bits (nearest even on the bits). e4m3fn (``SIGNED``): the magnitude ``min(|y|, 448) * 2^-8``
     (a NaN takes 448, as the format's clamp of its code does) and the sign of ``y``; e5m3:
     ``min(|y|, MAX)``, a NaN staying NaN (its code, as the format's, depends on the NaN's bits;

@@ -6,15 +6,15 @@ interpreter, and compiled on a CUDA GPU when one is present.
 other tests, so the checks run in one subprocess per device (this file run as a script), which
 prints one JSON line per case; the tests below read those lines.
 
-Each case steps six tensors (a 4396-element one whose last 8-bit block is short and whose first
-block has zero gradients, so its absmax is 0; 21, 1, 0 and 300 elements, which keep fp32
+Each case steps six tensors (a 4396-element one whose last float8 block is short and whose first
+block has zero gradients, so its scale is 0; 21, 1, 0 and 300 elements, which keep fp32
 moments under ``8bit``; a transposed 70x64 one) with two step counts (two launches) for three
 steps, in lockstep: before every step the arena gets a copy of the executor's state, both step,
 and every stored tensor is compared. The update's arithmetic is the same; the one difference is
 torch's vectorized CPU ``sqrt``, one ulp off on some inputs where the kernel's is correctly
 rounded, which moves the parameter by an ulp but no moment. So, on the CPU:
 
-* moments (dense, 8-bit codes and absmax): bitwise equal where they are rounded to nearest;
+* moments (dense, float8 codes and scales): bitwise equal where they are rounded to nearest;
   within one bf16 step (adjacent values) where they are rounded stochastically;
 * parameters: fp32 within 1e-6 of the tensor's largest; bf16/fp16 within one step (two for
   stochastic rounding, whose interval can move with the ulp); Kahan's sum ``param + comp``
@@ -22,6 +22,11 @@ rounded, which moves the parameter by an ulp but no moment. So, on the CPU:
 
 On CUDA torch's own kernels round some operations differently from its CPU kernels, so moments
 there may also move by one step (two for stochastic rounding) on a few elements.
+
+The float8 code is also checked alone (:func:`decoupled.formats.triton.kernel.float8_kernel`: the
+kernel's store and load of a moment) against :class:`decoupled.formats.float8.BlockFloat8`, bitwise
+(NaN equals NaN; exceptions in :func:`_float8_case`), on values that reach every rounding case
+(:func:`_float8_values`) and on all 256 codes decoded at several scales.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ CASES = [
     ("bfloat16", "8bit", "kahan", "adamw_cautious", True, True),
     ("float16", "param", "kahan", "adamw", False, False),
     ("float16", "8bit", "nearest", "adam_l2", False, True),
+    ("float16", "8bit", "kahan", "adamw_corrected", True, False),
     ("float16", "fp32", "nearest", "adamw", True, False),
 ]
 STEPS = 3
@@ -66,6 +72,9 @@ SHAPES = [(4396,), (3, 7), (1,), (0,), (300,), (70, 64)]  # the last one is tran
 # one case also runs with 2048-element programs of 8 warps (the tuning run's settings)
 BIG_BLOCK = {"DECOUPLED_TRITON_FORMAT_BLOCK": "2048", "DECOUPLED_TRITON_FORMAT_NUM_WARPS": "8"}
 BIG_BLOCK_CASE = ("float32", "8bit", "nearest", "adamw", False, False)
+# the float8 code alone: (values, moment); see _float8_values and _float8_case
+FLOAT8_VALUES = ("float16 grid", "midpoints", "scaled midpoints", "random blocks", "special blocks", "every code")
+FLOAT8_CASES = [(values, moment) for values in FLOAT8_VALUES for moment in ("exp_avg", "exp_avg_sq")]
 
 
 def coefficients(convention: str, lr: float, amsgrad: bool, maximize: bool):
@@ -223,6 +232,119 @@ def _cautious(device: str) -> dict:
     return {"rel": rel, "decayed": int(mask.sum()), "kept": int((~mask).sum())}
 
 
+def _float8_values(kind: str, signed: bool):
+    """float32 values for :func:`_float8_case` (``"every code"``: codes, uint8): every float16 the
+    codes round from, and every midpoint of two (with its float32 neighbours), in blocks whose scale
+    is 1, so that the kernel rounds exactly those; midpoints at random scales; blocks at scales from
+    1e-38 to 1e37; zero, NaN, infinite, subnormal and near-overflow blocks."""
+    import torch
+
+    from decoupled.formats.float8 import BLOCK, E4M3_MAX, E5M3_MAX
+
+    top = E4M3_MAX if signed else E5M3_MAX
+    gen = torch.Generator().manual_seed(7)
+    if kind == "every code":  # all 256 codes in each block, blocks at several scales
+        return torch.arange(BLOCK, dtype=torch.uint8).repeat(6)
+    if kind in ("float16 grid", "midpoints", "scaled midpoints"):
+        # the float16 values the code rounds from: [0, 1.75] (e4m3fn's range, times 2^-8), [0, MAX] (e5m3)
+        half = torch.arange(0x3F01 if signed else 0x7B81, dtype=torch.int32).to(torch.int16).view(torch.float16)
+        y = half.float()
+        mid = (y[1:] + y[:-1]) / 2  # midpoints between float16s (exact in float32)
+        if kind == "midpoints":  # and their float32 neighbours
+            y = torch.cat([mid, torch.nextafter(mid, torch.tensor(0.0)), torch.nextafter(mid, torch.tensor(1e9))])
+        if kind == "scaled midpoints":  # x = midpoint * scale, at random scales: y lands within ulps of it
+            pick = mid[torch.randint(0, mid.numel(), (64, BLOCK - 1), generator=gen)] * (256 if signed else 1)
+            absmax = 10.0 ** (6 * torch.rand(64, 1, generator=gen) - 3)
+            x = (pick * (absmax / top)).float().clamp(max=absmax)
+            x = torch.cat([absmax, x], 1) * torch.where(torch.rand(64, BLOCK, generator=gen) < 0.5, -1, 1)
+            return x.flatten().float()
+        y = torch.cat([y * 256, -y * 256]) if signed else y
+        # each block holds MAX (its absmax), so its scale is 1 and the kernel rounds y itself
+        chunks = y.split(BLOCK - 1)
+        return torch.cat([torch.cat([torch.tensor([top]), c]) for c in chunks])
+    if kind == "random blocks":
+        blocks = [torch.randn(BLOCK, generator=gen) * 10.0 ** float(torch.randint(-38, 38, ())) for _ in range(40)]
+        wide = torch.randn(BLOCK, generator=gen) * 10.0 ** (-8 * torch.rand(BLOCK, generator=gen))
+        return torch.cat([*blocks, wide, torch.randn(100, generator=gen)])  # a short last block
+    assert kind == "special blocks"
+    blocks = [torch.zeros(BLOCK), -torch.zeros(BLOCK)]
+    single = torch.zeros(BLOCK)
+    single[17] = 3.0
+    with_nan, with_inf = torch.randn(BLOCK, generator=gen), torch.randn(BLOCK, generator=gen)
+    with_nan[7] = float("nan")
+    with_nan[8:10] = torch.tensor([0x7FFFFFFF, -0x400000], dtype=torch.int32).view(torch.float32)  # other NaNs
+    with_inf[3], with_inf[4] = float("inf"), -float("inf")
+    near_max = torch.randn(BLOCK, generator=gen)
+    near_max = near_max / near_max.abs().max() * 3.4e38
+    far_below = torch.randn(BLOCK, generator=gen) * 1e-30
+    far_below[0] = 1.0
+    blocks += [single, with_nan, with_inf, near_max, far_below]
+    # absmax so small that 1 / scale overflows (subnormal scale), and about where it starts to
+    blocks += [torch.randn(BLOCK, generator=gen) * s for s in (1e-40, 1e-38, 1e-36, 5e-36)]
+    blocks[-4][:3] = torch.tensor([0.0, -0.0, 0.0])  # 0 * inf: NaN
+    return torch.cat([*blocks, torch.randn(37, generator=gen) * 1e-3])
+
+
+def _float8_launch(values, codes, scales, *, store: bool, signed: bool) -> None:
+    """:func:`~decoupled.formats.triton.kernel.float8_kernel` over all of ``codes``, launched as the
+    executor launches (programs of whole blocks with ``EVEN``, then the rest)."""
+    from decoupled.formats.triton import kernel, launch_config
+
+    block, num_warps = launch_config()
+    n = codes.numel()
+    for first, count, even in ((0, n // block, True), (n // block, 1 if n % block else 0, False)):
+        if count:
+            kernel.float8_kernel[(count,)](
+                values, codes, scales, n, first, STORE=store, SIGNED=signed, EVEN=even, ROWS=block // 256,
+                num_warps=num_warps,
+            )  # fmt: skip
+
+
+def _float8_case(kind: str, moment: str, device: str) -> dict:
+    """The kernel's float8 store and load against :class:`BlockFloat8` (on the CPU): how many
+    codes, scales and loaded values differ. Counted apart: codes of values that the scaling makes
+    NaN (``y = x * (1 / scale)``: x NaN, infinite in an infinite block, or zero in a block whose
+    ``1 / scale`` overflows), whose codes depend on the NaN's bits, which a GPU sets otherwise
+    (their block's scale is NaN, or the code stands for the block's tiny absmax, either way); and
+    the loads of e4m3fn's NaN codes (0x7F, 0xFF; never stored), which Triton's interpreter decodes
+    as +-480."""
+    import torch
+
+    from decoupled.formats.float8 import BLOCK, BLOCKFLOAT8
+
+    signed = moment == "exp_avg"
+    codes_key, scale_key = BLOCKFLOAT8.keys(moment)
+
+    def same(a, b):
+        return (a.view(torch.int32) == b.view(torch.int32)) | (a.isnan() & b.isnan())
+
+    out = {"n": 0, "codes": 0, "nan_codes": 0, "scales": 0, "loaded": 0, "nan_loads": 0}
+    x = _float8_values(kind, signed)
+    ref = BLOCKFLOAT8.allocate(x, moment)
+    if kind == "every code":
+        ref[codes_key].copy_(x)
+        ref[scale_key].copy_(torch.tensor([1.0, 0.0, 2.0**-140, 3e33, 1e-20, float("nan")]))
+    else:
+        BLOCKFLOAT8.store(ref, moment, 0, x.numel(), x)
+        codes = torch.zeros(x.numel(), dtype=torch.uint8, device=device)
+        scales = torch.zeros_like(ref[scale_key], device=device)
+        _float8_launch(x.to(device), codes, scales, store=True, signed=signed)
+        scale = ref[scale_key]
+        inv = 1 / torch.where(scale > 0, scale, 1)
+        nan = (x * inv.repeat_interleave(BLOCK)[: x.numel()]).isnan()
+        differ = codes.cpu() != ref[codes_key]
+        out.update(codes=int((differ & ~nan).sum()), nan_codes=int((differ & nan).sum()))
+        out["scales"] = int((~same(scales.cpu(), scale)).sum())
+    loaded, expected = torch.empty(x.numel(), device=device), torch.empty(x.numel())
+    _float8_launch(loaded, ref[codes_key].to(device), ref[scale_key].to(device), store=False, signed=signed)
+    BLOCKFLOAT8.load(ref, moment, 0, x.numel(), expected)
+    nan = ((ref[codes_key] & 0x7F) == 0x7F) if signed else torch.zeros(x.numel(), dtype=torch.bool)
+    differ = ~same(loaded.cpu(), expected)
+    out.update(n=x.numel(), loaded=int((differ & ~nan).sum()), nan_loads=int((differ & nan).sum()))
+    assert x.numel() > 2 * BLOCK
+    return out
+
+
 def _main(device: str) -> None:
     assert (os.environ.get("TRITON_INTERPRET") == "1") == (device == "cpu")
     for case in CASES:
@@ -233,6 +355,8 @@ def _main(device: str) -> None:
         del os.environ[key]
     print(json.dumps({"case": "statistics", **_stochastic_statistics(device)}), flush=True)
     print(json.dumps({"case": "cautious", **_cautious(device)}), flush=True)
+    for kind, moment in FLOAT8_CASES:
+        print(json.dumps({"case": ["float8", kind, moment], **_float8_case(kind, moment, device)}), flush=True)
 
 
 def _cuda() -> bool:
@@ -308,6 +432,16 @@ def test_stochastic_rounding_is_unbiased_in_every_lane(results):
 def test_cautious_decay_applies_where_update_and_weight_agree(results):
     r = results[json.dumps("cautious")]
     assert r["rel"] <= 1e-6 and r["decayed"] > 1000 and r["kept"] > 1000, r
+
+
+@pytest.mark.parametrize("case", FLOAT8_CASES, ids=lambda c: "-".join(c))
+def test_float8_codes_scales_and_loads_equal_the_format(results, case):
+    r = results[json.dumps(["float8", *case])]
+    assert r["codes"] == 0 and r["scales"] == 0 and r["loaded"] == 0, r
+    if results["device"] == "cpu":
+        assert r["nan_codes"] == 0, r  # the interpreter's NaNs are x86's, as torch's on the CPU
+    else:
+        assert r["nan_loads"] == 0, r  # a GPU decodes e4m3fn's NaN codes as NaN
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ What it covers (the same numbers as the arena, :func:`decoupled.formats.arena.ru
 * parameters fp32, bf16 or fp16, written to nearest, with Kahan compensation
   (``state["kahan_comp"]``) or stochastically (bf16);
 * moments in any dense dtype (``param``, ``fp32``), ``bf16`` with stochastic rounding, or
-  ``8bit`` (:mod:`decoupled.formats.blockwise8`: the same codes and absmax, bit for bit, for the
-  same float32 values; small tensors keep fp32 moments as that format says);
+  ``8bit``, the blockwise float8 code (:mod:`decoupled.formats.float8`: the same codes and
+  scales, bit for bit, for the same float32 values; small tensors keep fp32 moments as that
+  format says). The dynamic-tree code (:mod:`decoupled.formats.blockwise8`) is not run here: no
+  option names it any more, and its checkpoints are converted to the float8 code on loading;
 * every convention through :class:`decoupled.rule.GroupCoefficients` (``decay_factor``,
   coupled ``l2``, cautious decay where ``c.cautious``), amsgrad and maximize.
 

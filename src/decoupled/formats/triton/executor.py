@@ -3,7 +3,7 @@
 Tensors of one call are grouped by everything the kernel specializes on (device, parameter,
 gradient and moment dtypes, moment format, parameter rounding) and by step count (the bias
 corrections); each group is one launch of :func:`.kernel.format_kernel`. Its programs each take
-``BLOCK`` elements (a multiple of the 8-bit format's 256-element blocks) of one tensor, from a
+``BLOCK`` elements (a multiple of the float8 format's 256-element blocks) of one tensor, from a
 table of (tensor, first element) built on the host and cached while the tensors stay the same.
 Non-contiguous tensors go through contiguous copies.
 """
@@ -11,9 +11,8 @@ Non-contiguous tensors go through contiguous copies.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,9 +20,9 @@ import torch
 from ...backends import triton as triton_backend
 from ...rule import GroupCoefficients, step_coefficients
 from ..base import MomentFormat
-from ..blockwise8 import BLOCK as QBLOCK
-from ..blockwise8 import Blockwise8, codebook
 from ..dense import Dense
+from ..float8 import BLOCK as QBLOCK
+from ..float8 import BlockFloat8
 from ..rounding import COMPENSATION_KEY, is_low_precision
 from ..rounding import unsupported_reason as rounding_reason
 
@@ -33,7 +32,7 @@ DEFAULT_BLOCK = 1024
 DEFAULT_NUM_WARPS = 4
 """Warps per program; ``DECOUPLED_TRITON_FORMAT_NUM_WARPS`` overrides it."""
 
-_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
 _CACHE_SIZE = 16
 _NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -52,10 +51,10 @@ def why_not(moments: MomentFormat, rounding: str, kinds) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "the Triton executor needs Triton (pip install triton); use the default executor"
-    if not isinstance(moments, (Dense, Blockwise8)):
+    if not isinstance(moments, (Dense, BlockFloat8)):
         return (
-            f"the Triton executor runs dense moments and the dynamic-tree 8-bit code, not {moments!r} (the blockwise "
-            f"float8 code of moments='8bit'); use the default executor"
+            f"the Triton executor runs dense moments and the blockwise float8 code (moments='8bit'), not {moments!r}; "
+            f"use the default executor"
         )
     for device, dtype in kinds:
         if dtype not in SUPPORTED_DTYPES:
@@ -78,22 +77,11 @@ def unsupported_reason(moments: MomentFormat, rounding: str, params) -> str | No
     return why_not(moments, rounding, frozenset((p.device.type, p.dtype) for p in params))
 
 
-@functools.cache
-def _codebooks(device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(values, base, midpoints + [inf]) of the signed and the unsigned 8-bit codebook on ``device``."""
-    out: list[torch.Tensor] = []
-    for signed in (True, False):
-        book = codebook(signed, device)
-        mids = torch.cat([book.midpoints, torch.full((1,), torch.inf, device=device)])
-        out += [book.values, book.base, mids]
-    return tuple(out)
-
-
 def _moment_code(fmt: MomentFormat, param: torch.Tensor) -> int:
-    from .kernel import BLOCKWISE8, DENSE, DENSE_STOCHASTIC
+    from .kernel import DENSE, DENSE_STOCHASTIC, FLOAT8
 
-    if isinstance(fmt, Blockwise8):
-        return BLOCKWISE8
+    if isinstance(fmt, BlockFloat8):
+        return FLOAT8
     assert isinstance(fmt, Dense)
     return DENSE_STOCHASTIC if fmt.stochastic and fmt.dtype_for(param) == torch.bfloat16 else DENSE
 
@@ -108,7 +96,7 @@ def _rounding_code(rounding: str, param: torch.Tensor) -> int:
     return NEAREST
 
 
-def _steps(states: list[Mapping[str, Any]]) -> list[float]:
+def _steps(states: Sequence[Mapping[str, Any]]) -> list[float]:
     steps = [s["step"] for s in states]
     if all(s.device.type == "cpu" for s in steps):
         return [float(s) for s in steps]
@@ -170,10 +158,10 @@ def step(
 
 
 def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_code, c, step_count) -> None:
-    from .kernel import BLOCKWISE8, DENSE_STOCHASTIC, KAHAN, STOCHASTIC, TABLE_ROWS, format_kernel
+    from .kernel import DENSE_STOCHASTIC, FLOAT8, KAHAN, STOCHASTIC, TABLE_ROWS, format_kernel
 
     device = params[indices[0]].device
-    quantized = moment_code == BLOCKWISE8
+    quantized = moment_code == FLOAT8
     rows: list[list[torch.Tensor]] = [[] for _ in range(TABLE_ROWS)]
     write_back: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -207,10 +195,7 @@ def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_co
     # counter is the block's index in the group; >= 2^32 so Triton always passes a 64-bit integer
     seed = int(torch.randint(1 << 32, 1 << 62, (), dtype=torch.int64)) if random_words else 1 << 32
     neg_step_size, bias_correction2_sqrt = step_coefficients(c, step_count)
-    books = _codebooks(device)
-    absmax_witness = rows[6][0] if quantized else books[0]
-    args = [ptrs, numels, block_tensor, block_start, 0, len(indices), rows[0][0], rows[1][0], rows[2][0]]
-    args += [absmax_witness, *books, seed]
+    args = [ptrs, numels, block_tensor, block_start, 0, len(indices), rows[0][0], rows[1][0], rows[2][0], seed]
     args += [float(c.decay_factor), float(c.l2), 1 - float(c.beta1), float(c.beta2), 1 - float(c.beta2)]
     args += [float(c.eps), float(neg_step_size), float(bias_correction2_sqrt)]
     flags = dict(

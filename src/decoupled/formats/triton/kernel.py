@@ -3,13 +3,17 @@
 Kept apart from :mod:`.executor` because ``triton.jit`` decides at decoration time whether to
 compile or to interpret (``TRITON_INTERPRET=1``), and because importing Triton is not free.
 
-One program updates ``ROWS`` quantization blocks of 256 elements of one tensor, held as a tile
-``[ROWS, 64, 4]``: a row is one block (its absmax is a reduction over the row), and the last
-axis 4 consecutive elements, which a thread holds together: they move as one vector (16 bytes
-of fp32, 8 of bf16, 4 of codes) and share one Philox draw (4 x 32 random bits) when a value is
-rounded stochastically. (A ``[ROWS, 4, 64]`` tile gives bf16 and codes wider vectors, but in the
-sm_90 code Triton 3.9 makes of it, fp32 and bf16 tensors of one kernel then take different
-layouts, converted through shared memory, and threads repeat each other's Philox draws.)
+One program updates ``ROWS`` blocks of 256 elements of one tensor (the float8 format's blocks,
+one scale each), held as a tile ``[2, ROWS, 32, 4]``: element ``256 r + 128 h + 4 j + k`` at
+``[h, r, j, k]``. The last axis is 4 consecutive elements, which a thread holds together: they
+move as one vector (16 bytes of fp32, 8 of bf16, 4 of codes) and share one Philox draw (4 x 32
+random bits) when a value is rounded stochastically. Triton 3.9 lays the tile out for sm_90 with
+one warp per row (axis 1 across warps, axis 2 across a warp's lanes, axis 0 in each thread), so a
+block's absmax is a reduction within a warp (shuffles, no shared memory) and each thread divides
+once per block and moment; the ``[ROWS, 64, 4]`` tile this replaced split every row over two warps
+and gave each thread two rows. (A tile with the 4 consecutive elements on a slower axis gives
+bf16 and codes wider vectors, but fp32 and bf16 tensors of one kernel then take different layouts,
+converted through shared memory, and threads repeat each other's Philox draws.)
 Every value is loaded in its stored form, the update runs in fp32 registers in
 :func:`decoupled.rule.adam_update`'s order of operations (the fused multiply-adds of torch's
 ``lerp``/``addcmul``, correctly rounded ``sqrt`` and division, every other product rounded: the
@@ -24,15 +28,21 @@ import triton
 import triton.language as tl
 
 # rows of the address table, in this order (the executor builds it); constexpr, as the kernel reads them
-PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, COMP, EXP_AVG_ABSMAX, EXP_AVG_SQ_ABSMAX, MAX_ABSMAX = (
+PARAM, GRAD, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, COMP, EXP_AVG_SCALE, EXP_AVG_SQ_SCALE, MAX_SCALE = (
     tl.constexpr(row) for row in range(9)
 )
 TABLE_ROWS = 9
 
 # MOMENTS: how the moments are stored
-DENSE, DENSE_STOCHASTIC, BLOCKWISE8 = 0, 1, 2
+DENSE, DENSE_STOCHASTIC, FLOAT8 = 0, 1, 2
 # PARAM_ROUNDING: how the parameter is written (fp32 parameters: NEAREST, which is exact)
 NEAREST, KAHAN, STOCHASTIC = 0, 1, 2
+
+QBLOCK: tl.constexpr = tl.constexpr(256)  # elements per float8 block (decoupled.formats.float8.BLOCK)
+GROUP: tl.constexpr = tl.constexpr(4)  # consecutive elements a thread holds: one vector, one Philox draw
+# the largest codes' values (decoupled.formats.float8.E4M3_MAX, E5M3_MAX)
+E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
+E5M3_MAX: tl.constexpr = tl.constexpr(61440.0)
 
 
 @triton.jit
@@ -60,13 +70,34 @@ def _stochastic(x, noise):
 
 
 @triton.jit
-def _load_moment(ptr, absmax_ptr, values, offs, mask, block_ids, block_mask, MOMENTS: tl.constexpr):
-    """A moment as fp32: dense, or ``values[code] * absmax`` of its block (8-bit)."""
+def _max_nan(a, b):
+    """The larger of ``a`` and ``b``, NaN if either is (as torch's ``amax``)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _top_byte(half):
+    """The top byte of non-negative float16 values' bits, rounded to nearest even (uint32):
+    :func:`decoupled.formats.float8._top_byte`."""
+    h = half.to(tl.uint16, bitcast=True).to(tl.uint32)
+    return (h + (((h >> 7) & 1) + 0x3F)) >> 7
+
+
+@triton.jit
+def _load_moment(ptr, scale_ptr, offs, mask, block_ids, block_mask, MOMENTS: tl.constexpr, SIGNED: tl.constexpr):
+    """A moment as fp32: dense, or float8 (:meth:`decoupled.formats.float8.BlockFloat8.load`):
+    ``code * scale`` of its block. An e5m3 code ``c`` is the float16 with bits ``c << 7``; e4m3fn
+    codes are Triton's ``float8e4nv``, converted by the GPU (``cvt.rn.f16x2.e4m3x2`` on sm_90, two
+    per instruction; exact, NaN codes included; Triton's interpreter reads the NaN codes 0x7F/0xFF,
+    which no store writes, as +-480)."""
     if MOMENTS == 2:
-        codes = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
-        scale = tl.load(absmax_ptr + block_ids, mask=block_mask, other=0.0)
-        # masked lanes read code 0 (-1 in the signed map): zero them, so they compute nothing odd
-        return tl.where(mask, tl.load(values + codes) * scale[:, None, None], 0.0)
+        codes = tl.load(ptr + offs, mask=mask, other=0)  # masked lanes: code 0 is +0
+        scale = tl.load(scale_ptr + block_ids, mask=block_mask, other=0.0)
+        if SIGNED:
+            value = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            value = (codes.to(tl.uint16) << 7).to(tl.float16, bitcast=True).to(tl.float32)
+        return value * scale[None, :, None, None]
     else:
         return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
@@ -75,36 +106,93 @@ def _load_moment(ptr, absmax_ptr, values, offs, mask, block_ids, block_mask, MOM
 def _store_moment(
     x,
     ptr,
-    absmax_ptr,
-    base,
-    mids,
+    scale_ptr,
     noise,
     offs,
     mask,
     block_ids,
     block_mask,
     MOMENTS: tl.constexpr,
+    SIGNED: tl.constexpr,
+    EVEN: tl.constexpr,
     ROUND_BY_HAND: tl.constexpr,
 ):
-    """Store fp32 ``x`` in the moment's format. 8-bit: per block (row) ``absmax = max |x|``,
-    ``y = x / absmax`` (1 for an all-zero block), and the code of the nearest codebook value,
-    found from the top 16 bits ``b`` of ``y`` as ``base[b] + (y > mids[base[b]])``: the first
-    midpoint at or above bucket ``b``'s lowest float is the only one that can lie inside it,
-    so this is :meth:`decoupled.formats.blockwise8.Codebook.lookup` (whose ``threshold[b]`` is
-    that midpoint, or +inf when it lies beyond the bucket), reading a 1 KiB table instead of a
-    256 KiB one (``mids`` ends with +inf)."""
+    """Store fp32 ``x`` in the moment's format. Float8
+    (:meth:`decoupled.formats.float8.BlockFloat8.store`, the same operations): per block (row)
+    ``scale = max |x| / MAX`` (NaN if any element is), ``y = x * (1 / scale)`` (``1 / 1`` for an
+    all-zero block), and each ``y`` through float16 (round to nearest even), then to the code's 3 mantissa
+    bits (nearest even on the bits). e4m3fn (``SIGNED``): the magnitude ``min(|y|, 448) * 2^-8``
+    (a NaN takes 448, as the format's clamp of its code does) and the sign of ``y``; e5m3:
+    ``min(|y|, MAX)``, a NaN staying NaN (its code, as the format's, depends on the NaN's bits;
+    its block's scale is NaN)."""
     if MOMENTS == 2:
-        absmax = tl.max(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=2), axis=1)  # over the block
-        tl.store(absmax_ptr + block_ids, absmax, mask=block_mask)
-        y = tl.div_rn(x, tl.where(absmax > 0, absmax, 1.0)[:, None, None])
-        bucket = (y.to(tl.uint32, bitcast=True) >> 16).to(tl.int32)
-        below = tl.load(base + bucket).to(tl.int32)
-        code = below + (y > tl.load(mids + below)).to(tl.int32)
+        top: tl.constexpr = E4M3_MAX if SIGNED else E5M3_MAX
+        magnitude = tl.abs(x)
+        if not EVEN:
+            magnitude = tl.where(mask, magnitude, 0.0)
+        absmax = tl.reduce(tl.reduce(tl.reduce(magnitude, 3, _max_nan), 2, _max_nan), 0, _max_nan)  # over the row
+        scale = tl.div_rn(absmax, top)
+        tl.store(scale_ptr + block_ids, scale, mask=block_mask)
+        inv = tl.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.where(scale > 0, scale, 1.0))
+        y = x * inv[None, :, None, None]
+        if SIGNED:
+            code = _top_byte((tl.minimum(tl.abs(y), top) * 0.00390625).to(tl.float16))
+            code = code | ((y.to(tl.uint32, bitcast=True) >> 24) & 0x80)
+        else:
+            code = _top_byte(tl.minimum(tl.abs(y), top, propagate_nan=tl.PropagateNan.ALL).to(tl.float16))
+            # at most 0x100 (a NaN's carry, stored as 0 as by the format): this minimum changes nothing,
+            # but keeps LLVM from narrowing the arithmetic to pairs of 16-bit lanes, whose packing and
+            # unpacking cost 2 instructions per element more on sm_90 (Triton 3.9)
+            code = tl.minimum(code, 0x1FF)
         tl.store(ptr + offs, code.to(tl.uint8), mask=mask)
     elif MOMENTS == 1:
         tl.store(ptr + offs, _stochastic(x, noise), mask=mask)
     else:
         tl.store(ptr + offs, _nearest(ptr, x, ROUND_BY_HAND), mask=mask)
+
+
+@triton.jit
+def _tile(start, n, ROWS: tl.constexpr, EVEN: tl.constexpr):
+    """The ``[2, ROWS, 32, 4]`` tile of elements from ``start`` (a multiple of ``ROWS * 256``) of a
+    tensor of ``n``: offsets, mask, the ``ROWS`` blocks' indices and mask, and the indices ``r``
+    (block), ``group`` (group of 4 in the block) and ``k`` (element in the group) of each."""
+    h = tl.arange(0, 2)[:, None, None, None]
+    r = tl.arange(0, ROWS)[None, :, None, None]
+    j = tl.arange(0, QBLOCK // GROUP // 2)[None, None, :, None]
+    k = tl.arange(0, GROUP)[None, None, None, :]
+    group = h * (QBLOCK // GROUP // 2) + j
+    offs = start + (r * QBLOCK + group * GROUP + k)
+    # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
+    # then sees the mask constant over each thread's consecutive elements and loads them as vectors
+    mask = offs < (start + ROWS * QBLOCK if EVEN else n)
+    block_ids = start // QBLOCK + tl.arange(0, ROWS)
+    block_mask = block_ids * QBLOCK < n
+    return offs, mask, block_ids, block_mask, r, group, k
+
+
+@triton.jit
+def float8_kernel(
+    values,  # float32[n]
+    codes,  # uint8[n]
+    scales,  # float32[ceil(n / 256)]
+    n,
+    first_program,
+    STORE: tl.constexpr,  # store values as codes and scales, or load them into values
+    SIGNED: tl.constexpr,  # e4m3fn (exp_avg) or e5m3
+    EVEN: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    """The float8 store or load of :func:`format_kernel` on its own, over ``ROWS`` blocks per
+    program: what a moment goes through between two steps, for comparing with
+    :class:`decoupled.formats.float8.BlockFloat8` on any float32 values."""
+    start = (first_program + tl.program_id(0)) * (ROWS * QBLOCK)
+    offs, mask, block_ids, block_mask, r, group, k = _tile(start, n, ROWS, EVEN)
+    if STORE:
+        x = tl.load(values + offs, mask=mask, other=0.0)
+        _store_moment(x, codes, scales, 0, offs, mask, block_ids, block_mask, 2, SIGNED, EVEN, False)  # 2: FLOAT8
+    else:
+        x = _load_moment(codes, scales, offs, mask, block_ids, block_mask, 2, SIGNED)
+        tl.store(values + offs, x, mask=mask)
 
 
 @triton.jit(do_not_specialize=["first_block", "num_tensors", "seed"])  # one kernel for any counts and key
@@ -118,13 +206,6 @@ def format_kernel(
     p_witness,  # the first tensor of each kind, for the element types (never read)
     g_witness,
     m_witness,
-    absmax_witness,
-    signed_values,  # 8-bit codebooks (blockwise8.Codebook): values, base, midpoints + [inf]
-    signed_base,
-    signed_mids,
-    unsigned_values,
-    unsigned_base,
-    unsigned_mids,
     seed,  # Philox key of this launch (stochastic rounding)
     decay_factor,  # the scalars of rule.group_coefficients / rule.step_coefficients
     l2,
@@ -147,29 +228,18 @@ def format_kernel(
     ROUND_BY_HAND: tl.constexpr,
     ROWS: tl.constexpr,
 ):
-    QBLOCK: tl.constexpr = 256
-    GROUP: tl.constexpr = 4
     pid = first_block + tl.program_id(0)  # this block's index in the tables (and its random counter)
     t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
     n = tl.load(numels + t)
-    start = tl.multiple_of(start, ROWS * QBLOCK)
-    r = tl.arange(0, ROWS)[:, None, None]
-    j = tl.arange(0, QBLOCK // GROUP)[None, :, None]
-    k = tl.arange(0, GROUP)[None, None, :]
-    offs = start + (r * QBLOCK + j * GROUP + k)
-    # in a launch of full blocks the bound is the block's end, a multiple of its size: the compiler
-    # then sees the mask constant over each thread's consecutive elements and loads them as vectors
-    mask = offs < (start + ROWS * QBLOCK if EVEN else n)
-    block_ids = start // QBLOCK + tl.arange(0, ROWS)
-    block_mask = block_ids * QBLOCK < n
+    start = tl.multiple_of(tl.load(block_start + pid), ROWS * QBLOCK)
+    offs, mask, block_ids, block_mask, r, group, k = _tile(start, n, ROWS, EVEN)
 
     p_ptr = tl.load(ptr_table + PARAM * num_tensors + t).to(p_witness.dtype)
     g_ptr = tl.load(ptr_table + GRAD * num_tensors + t).to(g_witness.dtype)
     m_ptr = tl.load(ptr_table + EXP_AVG * num_tensors + t).to(m_witness.dtype)
     v_ptr = tl.load(ptr_table + EXP_AVG_SQ * num_tensors + t).to(m_witness.dtype)
-    m_abs = tl.load(ptr_table + EXP_AVG_ABSMAX * num_tensors + t).to(absmax_witness.dtype)
-    v_abs = tl.load(ptr_table + EXP_AVG_SQ_ABSMAX * num_tensors + t).to(absmax_witness.dtype)
+    m_scale = tl.load(ptr_table + EXP_AVG_SCALE * num_tensors + t).to(tl.pointer_type(tl.float32))
+    v_scale = tl.load(ptr_table + EXP_AVG_SQ_SCALE * num_tensors + t).to(tl.pointer_type(tl.float32))
     if ALIGNED:
         p_ptr = tl.multiple_of(p_ptr, 16)
         g_ptr = tl.multiple_of(g_ptr, 16)
@@ -183,16 +253,16 @@ def format_kernel(
             comp_ptr = tl.multiple_of(comp_ptr, 16)
         p = p + tl.load(comp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    m = _load_moment(m_ptr, m_abs, signed_values, offs, mask, block_ids, block_mask, MOMENTS)
-    v = _load_moment(v_ptr, v_abs, unsigned_values, offs, mask, block_ids, block_mask, MOMENTS)
+    m = _load_moment(m_ptr, m_scale, offs, mask, block_ids, block_mask, MOMENTS, True)
+    v = _load_moment(v_ptr, v_scale, offs, mask, block_ids, block_mask, MOMENTS, False)
 
     # random bits: one Philox-4x32 draw per 4 neighbouring elements gives each 32 bits (word a);
     # a second draw (word b) when more than two values are rounded stochastically
-    noise_a = tl.zeros([ROWS, QBLOCK // GROUP, GROUP], dtype=tl.uint32)  # where no rounding is random
+    noise_a = tl.zeros([2, ROWS, QBLOCK // GROUP // 2, GROUP], dtype=tl.uint32)  # where no rounding is random
     noise_b = noise_a
     if RANDOM_WORDS >= 1:
         # a 32-bit counter (Philox-4x32 in every Triton version; unique below 2^33 elements per launch)
-        counter = ((pid.to(tl.int64) * ROWS + r) * (QBLOCK // GROUP) + j).to(tl.uint32)
+        counter = ((pid.to(tl.int64) * ROWS + r) * (QBLOCK // GROUP) + group).to(tl.uint32)
         a0, a1, a2, a3 = tl.randint4x(seed, counter * RANDOM_WORDS)
         noise_a = tl.where(k == 0, a0, tl.where(k == 1, a1, tl.where(k == 2, a2, a3)))
         if RANDOM_WORDS == 2:
@@ -220,24 +290,13 @@ def format_kernel(
         vmax_ptr = tl.load(ptr_table + MAX_EXP_AVG_SQ * num_tensors + t).to(m_witness.dtype)
         if ALIGNED:
             vmax_ptr = tl.multiple_of(vmax_ptr, 16)
-        vmax_abs = tl.load(ptr_table + MAX_ABSMAX * num_tensors + t).to(absmax_witness.dtype)
-        vmax = _load_moment(vmax_ptr, vmax_abs, unsigned_values, offs, mask, block_ids, block_mask, MOMENTS)
+        vmax_scale = tl.load(ptr_table + MAX_SCALE * num_tensors + t).to(tl.pointer_type(tl.float32))
+        vmax = _load_moment(vmax_ptr, vmax_scale, offs, mask, block_ids, block_mask, MOMENTS, False)
         vmax = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)
-        vmax_noise = noise_b & 0xFFFF
         _store_moment(
-            vmax,
-            vmax_ptr,
-            vmax_abs,
-            unsigned_base,
-            unsigned_mids,
-            vmax_noise,
-            offs,
-            mask,
-            block_ids,
-            block_mask,
-            MOMENTS,
-            ROUND_BY_HAND,
-        )
+            vmax, vmax_ptr, vmax_scale, noise_b & 0xFFFF, offs, mask, block_ids, block_mask,
+            MOMENTS, False, EVEN, ROUND_BY_HAND,
+        )  # fmt: skip
         second = vmax
     # denom = sqrt(second) / sqrt(1 - beta2^t) + eps; p.addcdiv_(m, denom, value=-lr / (1 - beta1^t))
     denom = tl.div_rn(tl.sqrt_rn(second), bias_correction2_sqrt) + eps
@@ -256,10 +315,8 @@ def format_kernel(
     else:
         tl.store(p_ptr + offs, _nearest(p_ptr, p, ROUND_BY_HAND), mask=mask)
     _store_moment(
-        m, m_ptr, m_abs, signed_base, signed_mids, noise_a & 0xFFFF, offs, mask, block_ids, block_mask,
-        MOMENTS, ROUND_BY_HAND,
+        m, m_ptr, m_scale, noise_a & 0xFFFF, offs, mask, block_ids, block_mask, MOMENTS, True, EVEN, ROUND_BY_HAND
     )  # fmt: skip
     _store_moment(
-        v, v_ptr, v_abs, unsigned_base, unsigned_mids, noise_a >> 16, offs, mask, block_ids, block_mask,
-        MOMENTS, ROUND_BY_HAND,
+        v, v_ptr, v_scale, noise_a >> 16, offs, mask, block_ids, block_mask, MOMENTS, False, EVEN, ROUND_BY_HAND
     )  # fmt: skip

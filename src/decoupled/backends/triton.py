@@ -96,9 +96,10 @@ def launch_config(
     )
 
 
-def _tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple:
-    """Address table, element counts, the (tensor, first element) of every block, full blocks
-    first, and how many blocks are full; cached."""
+def block_tables(lists: list[list[torch.Tensor]], device: torch.device, block: int) -> tuple[Any, ...]:
+    """Address table (row by row), element counts, the (tensor, first element) of every block of
+    ``block`` elements, full blocks first, and how many blocks are full: what a multi-tensor
+    launch reads (also the formats' Triton executor); cached while the tensors stay the same."""
     key = (device, block, *(t.data_ptr() for ts in lists for t in ts), *(t.numel() for t in lists[0]))
     hit = _CACHE.get(key)
     if hit is not None:
@@ -132,7 +133,7 @@ def _launch(
         lists = [*lists[:4], exp_avg_sqs]  # the kernel never reads the 5th row then
     device = params[0].device
     block, num_warps = launch_config()
-    ptrs, numels, block_tensor, block_start, num_full = _tables(lists, device, block)
+    ptrs, numels, block_tensor, block_start, num_full = block_tables(lists, device, block)
     if block_tensor.numel() == 0:
         return
     aligned = all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)

@@ -103,6 +103,26 @@ class MomentFormat:
         return f"<moment format {self.name!r}>"
 
 
+def check_tensors(
+    entry: Mapping[str, Any], expected: Mapping[str, tuple[tuple[int, ...], torch.dtype, str]]
+) -> str | None:
+    """What is wrong with the tensors of ``entry`` under the keys of ``expected`` (key -> shape,
+    dtype, what it holds), or None: the check of a blockwise format's stored tensors (the message
+    starts with the quoted key, as :meth:`MomentFormat.check` says)."""
+    for key, (shape, dtype, what) in expected.items():
+        t = entry.get(key)
+        if not isinstance(t, torch.Tensor):
+            return f"'{key}' must be a tensor, got {type(t).__name__}"
+        if tuple(t.shape) != shape:
+            return (
+                f"'{key}' has shape {tuple(t.shape)}, expected {shape} ({what}); the checkpoint "
+                f"belongs to a model whose parameters differ from this one"
+            )
+        if t.dtype != dtype:
+            return f"'{key}' has dtype {t.dtype}, expected {dtype} ({what})"
+    return None
+
+
 def transcode(
     entry: Mapping[str, Any], source: MomentFormat, target: MomentFormat, param: torch.Tensor, moment: str
 ) -> dict[str, torch.Tensor]:

@@ -82,7 +82,7 @@ from typing import Any
 
 import torch
 
-from .base import SIGNED_MOMENTS, MomentFormat
+from .base import SIGNED_MOMENTS, MomentFormat, check_tensors
 from .dense import FP32
 
 BLOCK = 256
@@ -205,18 +205,7 @@ class Blockwise8(MomentFormat):
             f"{moment}_q8": ((numel,), torch.uint8, "one code per element of the parameter"),
             f"{moment}_absmax": ((-(-numel // BLOCK),), torch.float32, f"one scale per {BLOCK} elements"),
         }
-        for key, (shape, dtype, what) in expected.items():
-            t = entry.get(key)
-            if not isinstance(t, torch.Tensor):
-                return f"'{key}' must be a tensor, got {type(t).__name__}"
-            if tuple(t.shape) != shape:
-                return (
-                    f"'{key}' has shape {tuple(t.shape)}, expected {shape} ({what}); the checkpoint "
-                    f"belongs to a model whose parameters differ from this one"
-                )
-            if t.dtype != dtype:
-                return f"'{key}' has dtype {t.dtype}, expected {dtype} ({what})"
-        return None
+        return check_tensors(entry, expected)
 
     def allocate(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
         q8, absmax = self.keys(moment)

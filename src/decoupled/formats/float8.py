@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from .base import SIGNED_MOMENTS, MomentFormat
+from .base import SIGNED_MOMENTS, MomentFormat, check_tensors
 from .blockwise8 import MIN_NUMEL, block_ranges
 from .dense import FP32
 
@@ -142,18 +142,7 @@ class BlockFloat8(MomentFormat):
             codes: ((numel,), self.code_dtype(moment), "one code per element of the parameter"),
             scale: ((-(-numel // BLOCK),), torch.float32, f"one scale per {BLOCK} elements"),
         }
-        for key, (shape, dtype, what) in expected.items():
-            t = entry.get(key)
-            if not isinstance(t, torch.Tensor):
-                return f"'{key}' must be a tensor, got {type(t).__name__}"
-            if tuple(t.shape) != shape:
-                return (
-                    f"'{key}' has shape {tuple(t.shape)}, expected {shape} ({what}); the checkpoint "
-                    f"belongs to a model whose parameters differ from this one"
-                )
-            if t.dtype != dtype:
-                return f"'{key}' has dtype {t.dtype}, expected {dtype} ({what})"
-        return None
+        return check_tensors(entry, expected)
 
     def empty(self, param: torch.Tensor, moment: str) -> dict[str, torch.Tensor]:
         codes, scale = self.keys(moment)

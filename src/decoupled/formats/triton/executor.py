@@ -11,7 +11,7 @@ Non-contiguous tensors go through contiguous copies.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,8 +32,6 @@ DEFAULT_BLOCK = 1024
 DEFAULT_NUM_WARPS = 4
 """Warps per program; ``DECOUPLED_TRITON_FORMAT_NUM_WARPS`` overrides it."""
 
-_CACHE: OrderedDict[tuple, tuple[Any, ...]] = OrderedDict()
-_CACHE_SIZE = 16
 _NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
@@ -103,32 +101,6 @@ def _steps(states: Sequence[Mapping[str, Any]]) -> list[float]:
     return torch.stack([s.to(torch.float64, copy=False).reshape(()) for s in steps]).tolist()  # one sync
 
 
-def _tables(rows: list[list[torch.Tensor]], block: int, device: torch.device) -> tuple[Any, ...]:
-    """Address table, element counts, the (tensor, first element) of every block, full blocks first,
-    and how many blocks are full; cached while the tensors stay the same."""
-    key = (device, block, *(t.data_ptr() for ts in rows for t in ts), *(t.numel() for t in rows[0]))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    numels = [t.numel() for t in rows[0]]
-    full = [(i, start) for i, n in enumerate(numels) for start in range(0, n - block + 1, block)]
-    tails = [(i, n // block * block) for i, n in enumerate(numels) if n % block]
-    block_tensor = [i for i, _ in full + tails]
-    block_start = [start for _, start in full + tails]
-    tables = (
-        torch.tensor([t.data_ptr() for ts in rows for t in ts], dtype=torch.int64, device=device),
-        torch.tensor(numels, dtype=torch.int64, device=device),
-        torch.tensor(block_tensor, dtype=torch.int32, device=device),
-        torch.tensor(block_start, dtype=torch.int64, device=device),
-        len(full),
-    )
-    _CACHE[key] = tables
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return tables
-
-
 def step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -183,7 +155,7 @@ def _launch(params, grads, states, indices, fmt, names, moment_code, rounding_co
         for row, t in zip(rows, tensors):
             row.append(t)
     block, num_warps = launch_config()
-    ptrs, numels, block_tensor, block_start, num_full = _tables(rows, block, device)
+    ptrs, numels, block_tensor, block_start, num_full = triton_backend.block_tables(rows, device, block)
     aligned = all(t.data_ptr() % 16 == 0 for row in rows for t in row)
     stochastic_moments = moment_code == DENSE_STOCHASTIC
     stochastic_param = rounding_code == STOCHASTIC

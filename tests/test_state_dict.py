@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
 
 import decoupled
-from cases import backend_params
+from cases import backend_params, convention_params, make_optimizer
+from decoupled import conventions
 from scenario import assert_same, clone_params, gradient, make_params, two_groups
 
 PAIRS = [(decoupled.AdamW, torch.optim.AdamW), (decoupled.Adam, torch.optim.Adam)]
@@ -193,3 +195,25 @@ def test_every_backend_resumes_a_checkpoint_bit_for_bit_in_torchs_layout(case):
     resumed.load_state_dict(sd)
     train(resumed, resumed_params, 3, start=3)
     assert_same(ref, resumed_params, ref_opt, resumed, step=5, exact=lambda p: True)
+
+
+@pytest.mark.parametrize("convention", convention_params())
+def test_every_convention_survives_a_checkpoint(convention):
+    """Every convention of the case table: the checkpoint names it (its group keys), a fresh
+    optimizer of the same convention resumes bit for bit, and no warning is given."""
+    params = make_params("basic", torch.float64)
+    ref = clone_params(params)
+    ref_opt = make_optimizer(ref, convention, lr=1e-2, weight_decay=0.1, foreach=False)
+    train(ref_opt, ref, 8)
+    ps = clone_params(params)
+    opt = make_optimizer(ps, convention, lr=1e-2, weight_decay=0.1, foreach=False)
+    train(opt, ps, 4)
+    sd = roundtrip(opt.state_dict())
+    assert conventions.of_group(sd["param_groups"][0]).key == convention.key
+    resumed_params = clone_params(ps)
+    resumed = make_optimizer(resumed_params, convention, lr=1e-2, weight_decay=0.1, foreach=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load_state_dict(sd)
+    train(resumed, resumed_params, 4, start=4)
+    assert_same(ref, resumed_params, ref_opt, resumed, step=7, exact=lambda p: True)

@@ -16,7 +16,7 @@ tests demand the same bits), and per-name tolerances where a case is looser than
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -121,7 +121,6 @@ class FormatCase:
     rounding: str
     dtype: torch.dtype
     executor: str = "arena"
-    tags: tuple[str, ...] = field(default=())
 
     @property
     def id(self) -> str:

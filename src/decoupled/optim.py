@@ -213,15 +213,14 @@ class _AdamFamily(Optimizer):
             conventions.check_group(group, where=where)
             check_group(group, where=where, at="step")
             self._checked[index] = hyper
-        with_grad = [p for p in group["params"] if p.grad is not None]
-        if group["capturable"] and not group["fused"]:
-            problem = capturable_problem(with_grad, foreach=bool(group["foreach"]))
-            if problem:
-                raise AssertionError(problem)
         if group["fused"]:
-            for p in with_grad:
-                if not self.state.get(p) and (problem := fused_problem(p)):
+            for p in group["params"]:
+                if p.grad is not None and not self.state.get(p) and (problem := fused_problem(p)):
                     raise RuntimeError(problem)
+        elif group["capturable"]:
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            if problem := capturable_problem(with_grad, foreach=bool(group["foreach"])):
+                raise AssertionError(problem)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform one optimization step (optionally re-evaluating the loss with ``closure``).

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -214,6 +216,100 @@ def test_threads_and_chunking_do_not_change_the_result():
         results.append(run(stepper, torch.bfloat16, moments, "stochastic", c))
     torch.set_num_threads(1)
     equal_runs(*results)
+
+
+# ---- the 8-bit codes, the pipeline, every instruction set ------------------------------------------
+
+
+@needs_kernel
+def test_the_8bit_codes_agree_on_every_float32_input():
+    """The codes' scalar arithmetic (codes.h), the vectors of simd.h and the CPU's float16
+    instructions give the same bits for all 2^32 float32 inputs and all 256 codes."""
+    assert build.kernel().code_mismatches(0, 1) == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, zero_noise, dtype):
+    """One tensor over four of the kernel's work grabs (64K elements each, a pipeline of
+    256-element blocks per grab, each block's codes written in the next block's loop), ragged at
+    the end, with amsgrad and Kahan compensation: the arena's bits."""
+    c, moments = coefficients("adamw", amsgrad=True), FORMATS["float8"]
+    g = torch.Generator().manual_seed(7)
+    params = [torch.randn(3 * 65536 + 1000 + 37, generator=g).to(DTYPES[dtype])]
+    results = []
+    for stepper in (
+        lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding="kahan", backend=LOOP),
+        lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding="kahan", random_noise=False),
+    ):
+        ps = [p.clone() for p in params]
+        states = new_states(ps, moments, "kahan", amsgrad=True)
+        for t in range(3):
+            for s in states:
+                s["step"] += 1
+            stepper(ps, grads_like(ps, t), states, c)
+        results.append((ps, states))
+    equal_runs(*results)
+
+
+ISA_TARGETS = {"x86-64-v2": (), "haswell": ("avx2", "fma", "f16c")}
+"""``-march`` targets whose code paths differ from an AVX-512 build's, and the CPU flags they need:
+no F16C (the scalar codes, vectorized by the compiler over SSE), AVX2 (8-lane vectors)."""
+
+ISA_CASES = [
+    *itertools.product(("float8",), ("nearest", "kahan", "stochastic"), (False, True), ("adamw", "adam_l2"), DTYPES),
+    *itertools.product(("bf16", "fp32"), ("nearest", "stochastic"), (False,), ("adamw",), ("f32", "bf16")),
+]
+
+
+def isa_runs() -> list:
+    """Three steps of every case of ISA_CASES (stochastic rounding with the same seeds)."""
+    runs = []
+    for fmt, rounding, amsgrad, convention, dtype in ISA_CASES:
+        if rounding == "stochastic" and dtype == "f16":
+            continue
+        moments = FORMATS[fmt]
+        c = coefficients(convention, amsgrad=amsgrad, maximize=amsgrad, cautious=not amsgrad and convention == "adamw")
+        torch.manual_seed(0)
+        stepper = functools.partial(native.step, moments=moments, rounding=rounding)
+        runs.append(run(stepper, DTYPES[dtype], moments, rounding, c))
+    return runs
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("march", ISA_TARGETS)
+def test_every_instruction_set_stores_the_same_bits(march, tmp_path):
+    """The kernel built for another instruction set (DECOUPLED_NATIVE_MARCH) stores the bits of
+    this CPU's build in every 8-bit case and the dense formats: a fresh clone on an AVX2-only
+    CPU runs other code than an AVX-512 one, and must compute the same."""
+    missing = [flag for flag in ISA_TARGETS[march] if flag not in _cpu_flags()]
+    if missing:
+        pytest.skip(f"this CPU lacks {missing}")
+    out = tmp_path / "runs.pt"
+    script = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import torch, test_native as t; "
+    script += (
+        f"from decoupled.native import build; assert build.kernel() is not None; torch.save(t.isa_runs(), {str(out)!r})"
+    )
+    env = {**os.environ, "DECOUPLED_NATIVE_MARCH": march}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = torch.load(out)
+    ours = isa_runs()
+    assert len(ours) == len(theirs)
+    for case, a, b in zip((c for c in ISA_CASES if not (c[1] == "stochastic" and c[4] == "f16")), ours, theirs):
+        try:
+            equal_runs(a, b)
+        except AssertionError as err:
+            raise AssertionError(f"{march}, case {case}: {err}") from None
 
 
 # ---- stochastic rounding -----------------------------------------------------------------------------

@@ -1,22 +1,27 @@
-"""Building and caching the native kernel (``kernel.cpp`` with ``codes.h``).
+"""Building and caching the native kernel (``kernel.cpp`` with ``codes.h`` and ``simd.h``).
 
 The kernel is compiled on first use with :func:`torch.utils.cpp_extension.load` (g++ or clang
 through ninja, as DeepSpeed builds its CPU Adam) with ``-O3 -march=native -fopenmp``: the
 compiler vectorizes the loops for the CPU it runs on (AVX2, AVX-512 or NEON), and torch's
 intra-op threads (OpenMP) share out the work. ``-ffp-contract=off`` keeps the float32
-arithmetic exactly what the kernel spells out.
+arithmetic exactly what the kernel spells out; ``-fno-trapping-math`` lets it vectorize the
+rule's selects without AVX-512 (:data:`FLAGS`).
 
-Why this way (measured on the project's 2-core AMD EPYC, AVX-512, g++ 12):
+Why this way (measured on the project's 2-core AMD EPYC, Zen 4 with AVX-512, g++ 12):
 
 * The source includes only ``ATen/Parallel.h`` and pybind11 and takes tensors as addresses:
   a trivial extension built in 6 s that way against 28 s including ``torch/extension.h``
   (which ``at::vec::Vectorized`` needs, with per-ISA builds and a dispatcher).
-* Plain loops left to the compiler step the fp32 rule at 0.6-0.7 ns per element on one core
-  (1M parameters, in cache) against 0.9-1.0 ns for torch's own ``at::vec`` fused kernel, so
-  ``at::vec`` would not be faster; the loops must avoid what GCC 12 does not vectorize
-  (selects on a scalar bool, masked loads of coefficients: see ``fused`` in kernel.cpp).
-  AVX-512 intrinsics are used only for the 8-bit float codes, where GCC's code for packing
-  bytes was 2.5x slower (0.85 against 0.56 ns per element for both moments' codecs).
+* Plain loops left to the compiler step the fp32 rule at 0.41 ns per element on one core
+  (256K parameters; 0.46 built for AVX2) against 0.63 ns for torch's own ``at::vec`` fused
+  kernel (1M parameters, through Python), so ``at::vec`` would not be faster; the loops must
+  avoid what GCC 12 does not vectorize (selects on a scalar bool, masked loads of
+  coefficients: see ``update`` in kernel.cpp).
+* The 8-bit loop alone is written with explicit vectors (``simd.h``: GCC vector extensions,
+  16 lanes with AVX-512, 8 with AVX2): it mixes byte codes with float lanes and needs float16
+  conversions, which GCC 12 vectorizes badly or not at all (1.5 against 0.77 ns per element).
+  Every instruction set computes the same bits (``tests/test_native.py`` builds the AVX2 and
+  the scalar paths with :data:`MARCH_VARIABLE` and compares).
 
 Cache
     The built module lives in ``<root>/decoupled_native/<key>/`` where ``<root>`` is
@@ -51,8 +56,18 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-HEADERS = (Path(__file__).with_name("codes.h"),)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno")
+HEADERS = (Path(__file__).with_name("codes.h"), Path(__file__).with_name("simd.h"))
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+"""The compiler flags. ``-fno-trapping-math`` lets GCC compute both sides of the kernel's selects
+(the kernel never reads the floating-point exception flags): without it GCC 12 left the fused
+loop scalar wherever AVX-512's masked instructions are missing (AVX2: 3.4 ns per element on one
+core for the fp32 rule, against 0.46 with it)."""
+
+MARCH_VARIABLE = "DECOUPLED_NATIVE_MARCH"
+"""Environment variable naming the ``-march`` target instead of ``native``: a build that runs on
+every CPU of a mixed cluster (``x86-64-v3``: AVX2), or the other instruction sets' code paths
+in the tests (``x86-64-v2`` has no F16C, so it runs the scalar codes)."""
+
 HOW_TO_GET_IT = (
     "install a C++ compiler with OpenMP (e.g. `apt install g++`) and ninja (`pip install ninja`), then "
     "start Python again; set DECOUPLED_NATIVE=0 to use the arena path without this warning"
@@ -76,6 +91,12 @@ def _cpu_signature() -> str:
     return "\n".join(lines[k] for k in wanted if k in lines) + platform.machine()
 
 
+def _flags() -> tuple[str, ...]:
+    """The compiler flags: :data:`FLAGS`, with the ``-march`` target of :data:`MARCH_VARIABLE`."""
+    march = os.environ.get(MARCH_VARIABLE) or "native"
+    return tuple(f"-march={march}" if flag == "-march=native" else flag for flag in FLAGS)
+
+
 def cache_dir() -> Path:
     """Where this CPU's, torch's and this source's build of the kernel is kept."""
     root = os.environ.get("DECOUPLED_NATIVE_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR")
@@ -89,7 +110,7 @@ def cache_dir() -> Path:
 def _key() -> str:
     h = hashlib.sha256()
     parts = [p.read_bytes() for p in (SOURCE, *HEADERS)]
-    parts += [s.encode() for s in (" ".join(FLAGS), torch.__version__, sys.version, _cpu_signature())]
+    parts += [s.encode() for s in (" ".join(_flags()), torch.__version__, sys.version, _cpu_signature())]
     for part in parts:
         h.update(part)
         h.update(b"\0")
@@ -134,7 +155,7 @@ def _build() -> ModuleType:
         name=name,
         sources=[str(SOURCE)],
         build_directory=str(directory),
-        extra_cflags=list(FLAGS),
+        extra_cflags=list(_flags()),
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )

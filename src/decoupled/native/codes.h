@@ -10,7 +10,7 @@
 //   tree              the dynamic-tree codebook of decoupled.formats.blockwise8 (16-bit bucket tables)
 #pragma once
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -105,26 +105,30 @@ inline void store_kahan_f16(const float* __restrict x, Half* __restrict hi, Half
 // float16 with bits m << 7, times 2^8. Encoding rounds to float16 (round to nearest even, as
 // torch's cast; subnormals too), then to the code's 3 mantissa bits (nearest even on the bits):
 // a value within half a float16 step of a midpoint between two codes may take either.
+//
+// Every function here is plain integer and float arithmetic with selects, no branches and no
+// intrinsics, so that the compiler vectorizes it inside the kernel's fused loop (for any ISA),
+// where it runs beside the update's divisions. Each equals x86's F16C conversions bit for bit:
+// checked for all 2^32 float32 inputs and all 256 codes (tests/test_native.py).
 
-inline float half_bits_to_float(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  _Float16 x;
-  std::memcpy(&x, &h, 2);
-  return float(x);
-#endif
+// float16 bits of x (round to nearest even; subnormals; NaN quieted with its top payload bits),
+// for |x| < 65520 (the kernel clamps to the codes' ranges first), as VCVTPS2PH computes them
+inline uint32_t half_bits(float x) {
+  const uint32_t u = bits_of(x), sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+  // normal: rebias the exponent (-112 << 23), round the 13 dropped bits to nearest even
+  const uint32_t normal = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;
+  // below 2^-14: 0.5 + |x| rounds |x| to a multiple of 2^-24 (float16's subnormal step), and the
+  // low bits of that sum are the subnormal's
+  const uint32_t subnormal = bits_of(float_of(a) + 0.5f) - 0x3F000000u;
+  const uint32_t nan = 0x7E00u | ((a >> 13) & 0x3FFu);
+  return (a > 0x7F800000u ? nan : a < 0x38800000u ? subnormal : normal) | sign;
 }
 
-inline uint16_t float_to_half_bits(float x) {
-#if defined(__F16C__)
-  return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
-#else
-  _Float16 h = _Float16(x);
-  uint16_t bits;
-  std::memcpy(&bits, &h, 2);
-  return bits;
-#endif
+// the value of a non-negative float16's bits: exact, as float32 subnormal bits times 2^112
+inline float half_value(uint32_t h) {
+  const float finite = float_of(h << 13) * 0x1p112f;
+  const uint32_t special = (h << 13) | 0x7F800000u | ((h & 0x3FFu) != 0 ? 0x00400000u : 0u);  // inf, quiet NaN
+  return (h & 0x7C00u) == 0x7C00u ? float_of(special) : finite;
 }
 
 // the top byte of a non-negative float16's bits, rounded to nearest even
@@ -133,113 +137,78 @@ inline uint32_t round_top_byte(uint32_t h) { return (h + 0x3Fu + ((h >> 7) & 1u)
 constexpr float E4M3_MAX = 448.0f;    // the largest e4m3fn value
 constexpr float E5M3_MAX = 61440.0f;  // the largest e5m3 value, 1.875 * 2^15 (exponent 30: float16's largest)
 
+// min(|y|, top), a NaN staying NaN (as std::min(|y|, top))
+inline float clamp_magnitude(float y, float top) {
+  const float a = std::fabs(y);
+  return top < a ? top : a;
+}
+
 inline float from_e4m3(uint8_t c) {
-  const float magnitude = half_bits_to_float(uint16_t((c & 0x7Fu) << 7)) * 256.0f;
-  const float value = (c & 0x7Fu) == 0x7Fu ? float_of(0x7FC00000u) : magnitude;  // e4m3fn's NaN
-  return float_of(bits_of(value) | (uint32_t(c & 0x80u) << 24));
+  const uint32_t m = c & 0x7Fu;
+  const float magnitude = m == 0x7Fu ? float_of(0x7FC00000u) : float_of(m << 20) * 0x1p120f;  // e4m3fn's NaN
+  return float_of(bits_of(magnitude) | ((uint32_t(c) & 0x80u) << 24));
 }
 
 inline uint8_t to_e4m3(float y) {
-  const uint32_t h = float_to_half_bits(std::min(std::fabs(y), E4M3_MAX) * 0x1p-8f);
-  return uint8_t(std::min(round_top_byte(h), 0x7Eu) | ((bits_of(y) >> 24) & 0x80u));
+  const uint32_t code = round_top_byte(half_bits(clamp_magnitude(y, E4M3_MAX) * 0x1p-8f));
+  return uint8_t((code < 0x7Eu ? code : 0x7Eu) | ((bits_of(y) >> 24) & 0x80u));
 }
 
-inline float from_e5m3(uint8_t c) { return half_bits_to_float(uint16_t(c << 7)); }
+inline float from_e5m3(uint8_t c) { return half_value(uint32_t(c) << 7); }
 
-inline uint8_t to_e5m3(float y) {
-  return uint8_t(round_top_byte(float_to_half_bits(std::min(std::fabs(y), E5M3_MAX))));
-}
+inline uint8_t to_e5m3(float y) { return uint8_t(round_top_byte(half_bits(clamp_magnitude(y, E5M3_MAX)))); }
+
+inline float from_float8(uint8_t c, bool signed_) { return signed_ ? from_e4m3(c) : from_e5m3(c); }
+inline uint8_t to_float8(float y, bool signed_) { return signed_ ? to_e4m3(y) : to_e5m3(y); }
 
 // The block's absmax as torch's amax computes it (NaN if any element is NaN): on |x|'s bits,
 // the integer order is the float order and every NaN lies above +inf.
-inline float block_absmax(const float* __restrict x, int n) {
-  uint32_t top = 0;
-  for (int i = 0; i < n; ++i) {
-    const uint32_t a = bits_of(x[i]) & 0x7FFFFFFFu;
-    top = a > top ? a : top;
-  }
-  return float_of(top);
+inline uint32_t absmax_bits(float x, uint32_t top) {
+  const uint32_t a = bits_of(x) & 0x7FFFFFFFu;
+  return a > top ? a : top;
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-// 16 at a time: float16 conversions in hardware, the byte arithmetic on 16-bit lanes.
-inline __m256i round_top_byte_16(__m256i h) {
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(h, 7), _mm256_set1_epi16(1));
-  return _mm256_srli_epi16(_mm256_add_epi16(_mm256_add_epi16(h, _mm256_set1_epi16(0x3F)), odd), 7);
+// A block's scale, absmax / MAX, and what its values are multiplied by before encoding,
+// 1 / scale (an all-zero block multiplies by 1; a multiply, not a division: the divider is the
+// step's bottleneck). `signed_` chooses e4m3fn (exp_avg) or e5m3 (second moments).
+struct BlockScale {
+  float scale, inverse;
+};
+
+inline BlockScale block_scale(uint32_t absmax, bool signed_) {
+  const float s = float_of(absmax) / (signed_ ? E4M3_MAX : E5M3_MAX);
+  return {s, 1.0f / (s > 0.0f ? s : 1.0f)};
 }
 
-inline __m128i to_e4m3_16(__m512 y) {
-  const __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(E4M3_MAX), _mm512_abs_ps(y));  // a NaN stays, as with std::min
-  const __m256i h = _mm512_cvtps_ph(_mm512_mul_ps(magnitude, _mm512_set1_ps(0x1p-8f)), _MM_FROUND_TO_NEAREST_INT);
-  const __m256i code = _mm256_min_epu16(round_top_byte_16(h), _mm256_set1_epi16(0x7E));
-  const __m256i sign = _mm256_and_si256(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(y), 24)),
-                                        _mm256_set1_epi16(0x80));
-  return _mm256_cvtepi16_epi8(_mm256_or_si256(code, sign));
-}
-
-inline __m128i to_e5m3_16(__m512 y) {
-  const __m512 magnitude = _mm512_min_ps(_mm512_set1_ps(E5M3_MAX), _mm512_abs_ps(y));
-  return _mm256_cvtepi16_epi8(round_top_byte_16(_mm512_cvtps_ph(magnitude, _MM_FROUND_TO_NEAREST_INT)));
-}
-
-inline __m512 from_e4m3_16(__m128i bytes) {
-  const __m256i c = _mm256_cvtepu8_epi16(bytes);
-  const __m256i magnitude = _mm256_and_si256(c, _mm256_set1_epi16(0x7F));
-  const __m512 value = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_slli_epi16(magnitude, 7)), _mm512_set1_ps(256.0f));
-  const __m512i sign = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_and_si256(c, _mm256_set1_epi16(0x80))), 24);
-  const __mmask16 nan = _mm256_cmpeq_epi16_mask(magnitude, _mm256_set1_epi16(0x7F));
-  const __m512i bits = _mm512_mask_blend_epi32(nan, _mm512_castps_si512(value), _mm512_set1_epi32(0x7FC00000));
-  return _mm512_castsi512_ps(_mm512_or_si512(bits, sign));
-}
-
-inline __m512 from_e5m3_16(__m128i bytes) {
-  return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 7));
-}
-#endif
-
-// One block of the float8 format: scale = absmax / MAX, codes of x * (1 / scale) (an all-zero
-// block multiplies by 1; a multiply, not a division: the divider is the step's bottleneck).
-// `signed_` chooses e4m3fn (exp_avg) or e5m3 (second moments).
-inline void store_float8_block(const float* __restrict x, bool signed_, uint8_t* __restrict codes, float* scale, int n) {
-  const float s = block_absmax(x, n) / (signed_ ? E4M3_MAX : E5M3_MAX);
-  *scale = s;
-  const float inv = 1.0f / (s > 0.0f ? s : 1.0f);
-  int i = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  const __m512 iv = _mm512_set1_ps(inv);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), iv);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), signed_ ? to_e4m3_16(y) : to_e5m3_16(y));
-  }
-#endif
+inline void encode_block(const float* __restrict x, bool signed_, float inverse, uint8_t* __restrict codes, int n) {
   if (signed_)
-    for (; i < n; ++i) codes[i] = to_e4m3(x[i] * inv);
+    for (int i = 0; i < n; ++i) codes[i] = to_e4m3(x[i] * inverse);
   else
-    for (; i < n; ++i) codes[i] = to_e5m3(x[i] * inv);
+    for (int i = 0; i < n; ++i) codes[i] = to_e5m3(x[i] * inverse);
 }
 
+// Whole moments through float32 buffers (the float16-parameter path; fp32 and bf16 parameters
+// decode and encode inside the fused loop).
 inline void load_float8(const uint8_t* __restrict codes, const float* scale, bool signed_, float* __restrict out, int n) {
   for (int s = 0; s < n; s += QBLOCK) {
     const int m = std::min(QBLOCK, n - s);
     const float a = scale[s / QBLOCK];
-    int i = s;
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-    const __m512 av = _mm512_set1_ps(a);
-    for (; i + 16 <= s + m; i += 16) {
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
-      _mm512_storeu_ps(out + i, _mm512_mul_ps(signed_ ? from_e4m3_16(c) : from_e5m3_16(c), av));
-    }
-#endif
     if (signed_)
-      for (; i < s + m; ++i) out[i] = from_e4m3(codes[i]) * a;
+      for (int i = s; i < s + m; ++i) out[i] = from_e4m3(codes[i]) * a;
     else
-      for (; i < s + m; ++i) out[i] = from_e5m3(codes[i]) * a;
+      for (int i = s; i < s + m; ++i) out[i] = from_e5m3(codes[i]) * a;
   }
 }
 
 inline void store_float8(const float* __restrict x, bool signed_, uint8_t* __restrict codes, float* scale, int n) {
-  for (int s = 0; s < n; s += QBLOCK)
-    store_float8_block(x + s, signed_, codes + s, scale + s / QBLOCK, std::min(QBLOCK, n - s));
+  for (int s = 0; s < n; s += QBLOCK) {
+    const int m = std::min(QBLOCK, n - s);
+    uint32_t top = 0;
+    for (int i = 0; i < m; ++i) top = absmax_bits(x[s + i], top);
+    const BlockScale b = block_scale(top, signed_);
+    scale[s / QBLOCK] = b.scale;
+    encode_block(x + s, signed_, b.inverse, codes + s, m);
+  }
 }
 
 // ---- the dynamic tree (blockwise8): table lookups ------------------------------------------------
@@ -264,7 +233,9 @@ inline void load_tree(const uint8_t* __restrict codes, const float* absmax, cons
 inline void store_tree(const float* __restrict x, const Codebook& book, uint8_t* __restrict codes, float* absmax, int n) {
   for (int s = 0; s < n; s += QBLOCK) {
     const int m = std::min(QBLOCK, n - s);
-    const float amax = block_absmax(x + s, m);
+    uint32_t top = 0;
+    for (int i = s; i < s + m; ++i) top = absmax_bits(x[i], top);
+    const float amax = float_of(top);
     absmax[s / QBLOCK] = amax;
     const float d = amax > 0.0f ? amax : 1.0f;  // an all-zero block (or a NaN) divides by 1, as torch.where
     for (int i = s; i < s + m; ++i) {

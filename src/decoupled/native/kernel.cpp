@@ -17,12 +17,14 @@
 // The decay applies everywhere (decoupled conventions), nowhere (coupled L2, no weight decay),
 // or where m * theta >= 0 (cautious decay: m_new has the sign of the Adam update u).
 //
-// Work is cut into chunks of 1024 elements. One loop per chunk loads, updates and stores
-// float32, bf16 and float16-in-buffers values directly; 8-bit moments are decoded into float32
-// buffers (L1) before it and encoded after it, 256 elements (one scale) at a time. The loops
-// are vectorized by the compiler (-O3 -march=native); chunks of all tensors of a call are
-// shared out over torch's intra-op threads (see run). Compiled with -ffp-contract=off: the
-// only fused multiply-adds are the explicit std::fma calls.
+// Work is cut into chunks of 1024 elements, taken 64 at a time by torch's intra-op threads.
+// Dense moments: one loop per chunk loads, updates and stores float32, bf16 and
+// float16-in-buffers values directly, vectorized by the compiler (-O3 -march=native). 8-bit
+// float moments of fp32 and bf16 parameters: one loop per 256-element block (one scale) decodes
+// the codes, updates, keeps the new moments in L1 with their absmax, and encodes the previous
+// block's, in explicit vectors (simd.h). The 8-bit tree code and float16 parameters go through
+// float32 buffers (L1) around the dense loop. Compiled with -ffp-contract=off: the only fused
+// multiply-adds are the explicit fma calls. Every instruction set stores the same bits.
 
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
@@ -38,6 +40,7 @@
 #include <vector>
 
 #include "codes.h"
+#include "simd.h"
 
 namespace {
 
@@ -50,8 +53,10 @@ enum ParamType { P_F32 = 0, P_BF16 = 1, P_F16 = 2 };
 enum MomentKind { M_F32 = 0, M_BF16 = 1, M_BF16_SR = 2, M_F16 = 3, M_TREE = 4, M_FLOAT8 = 5 };
 enum Rounding { R_NEAREST = 0, R_KAHAN = 1, R_STOCHASTIC = 2 };
 
-// A bijection of 32-bit integers with good avalanche (Wellons' "lowbias32").
-inline uint32_t mix32(uint32_t x) {
+// A bijection of 32-bit integers with good avalanche (Wellons' "lowbias32"); U is uint32_t or
+// a vector of them.
+template <typename U>
+inline U mix32(U x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -100,20 +105,73 @@ struct Call {
   std::vector<Tensor> tensors;
 };
 
-// ---- the fused loop ---------------------------------------------------------------------------
-// One loop over a chunk: load, update, store. It reads and writes float32 (in place, or
-// buffers that float16 or 8-bit values are converted to and from around it) or bf16 bits.
-// R: how a bf16 parameter is written; S: how moments are written (float32, bf16 nearest, bf16
-// stochastic).
+// ---- the update of one element ------------------------------------------------------------------
+// Every coefficient in a local, and the uniform choices as bit masks or constants: GCC 12
+// vectorizes neither masked scalar loads from `Coefficients` nor selects on a scalar bool.
+
+struct Rule {
+  float l2, one_minus_beta2, beta2, eps, weight, rho, threshold;
+  uint32_t negate, coupled, from_m;
+};
+
+inline Rule rule_of(const Coefficients& k) {
+  Rule r;
+  r.l2 = k.l2;
+  r.one_minus_beta2 = k.one_minus_beta2;
+  r.beta2 = k.beta2;
+  r.eps = k.eps;
+  r.negate = k.maximize ? 0x80000000u : 0u;    // -g flips the sign bit
+  r.coupled = k.coupled ? 0xFFFFFFFFu : 0u;    // take g + l2 * theta
+  r.from_m = k.w_small ? 0xFFFFFFFFu : 0u;     // lerp's base: m (small weight) or g
+  r.weight = k.w_small ? k.w : k.w_minus_1;
+  r.rho = k.decays ? k.rho : 1.0f;             // theta * 1 is theta, bit for bit
+  // decay where m * theta >= 0 (cautious) or everywhere (-inf; a NaN product decays in neither)
+  r.threshold = k.cautious ? 0.0f : -std::numeric_limits<float>::infinity();
+  return r;
+}
+
+// AdamW's usual options: no maximize, no coupled L2, beta1 > 0.5, no cautious decay. Their
+// rule is the general one with the masks and threshold constant, which the 8-bit loop (whose
+// vector units are its bottleneck) spells out: 0.86 -> 0.78 ns per element on one core.
+inline bool plain(const Coefficients& k) { return !k.maximize && !k.coupled && k.w_small && !k.cautious; }
+
+// One element of the rule (header comment), or LANES of them (F = VF, simd.h): updates m, v
+// and, with amsgrad, x (max_exp_avg_sq) in place and returns the new parameter. PLAIN: the
+// coefficients are plain (above).
+template <bool AMS, bool PLAIN = false, typename F>
+inline F update(const Rule& r, F p, F g, F& m, F& v, F& x, float step_size, float bc2_sqrt) {
+  F base = m;
+  if constexpr (!PLAIN) {
+    g = float_of(bits_of(g) ^ r.negate);
+    g = float_of((bits_of(fma_(p, splat<F>(r.l2), g)) & r.coupled) | (bits_of(g) & ~r.coupled));
+    base = float_of((bits_of(m) & r.from_m) | (bits_of(g) & ~r.from_m));
+  }
+  m = fma_(splat<F>(r.weight), g - m, base);
+  v = fma_(r.one_minus_beta2 * g, g, v * r.beta2);
+  F second = v;
+  if constexpr (AMS) {
+    second = (x > v) | (x != x) ? x : v;  // torch.maximum: NaN wins
+    x = second;
+  }
+  F kept = p * r.rho;
+  if constexpr (!PLAIN) kept = m * p >= r.threshold ? kept : p;
+  return kept + (step_size * m) / (sqrt_(second) / bc2_sqrt + r.eps);
+}
+
+// ---- loads and stores -------------------------------------------------------------------------
+// Parameters are float32 (in place, or a buffer that float16 values are converted to and from)
+// or bf16 bits; R: how a bf16 parameter is written. Dense moments are float32 or bf16 bits;
+// S: how they are written (float32, bf16 nearest, bf16 stochastic).
 
 enum LoopMoments { L_F32 = 0, L_BF16 = 1, L_BF16_SR = 2 };
 
 inline float load_elem(float x) { return x; }
 inline float load_elem(uint16_t x) { return from_bf16(x); }
 
-// Stochastic-rounding noise of one element: the top 16 bits of mix32(index ^ key), masked to 0
-// for truncation (tests).
-inline uint32_t noise_at(uint32_t key, uint32_t index, uint32_t mask) { return (mix32(index ^ key) >> 16) & mask; }
+// Stochastic-rounding noise of one element (or lanes): the top 16 bits of mix32(index ^ key),
+// masked to 0 for truncation (tests).
+template <typename U>
+inline U noise_at(uint32_t key, U index, uint32_t mask) { return (mix32<U>(index ^ key) >> 16) & mask; }
 
 template <int S, typename T>
 inline void store_moment(T* __restrict dst, int i, float x, uint32_t key, uint32_t index, uint32_t mask) {
@@ -122,68 +180,141 @@ inline void store_moment(T* __restrict dst, int i, float x, uint32_t key, uint32
   else dst[i] = bf16_stochastic(x, noise_at(key, index, mask));
 }
 
+template <typename F, typename PS>
+inline F load_as(const PS* __restrict p) {
+  if constexpr (std::is_same_v<PS, float>) return Load<F>::f32(p);
+  else return Load<F>::bf16(p);
+}
+
+template <typename F, typename PS, int R>
+inline F load_param(const PS* __restrict pp, const PS* __restrict cp, int i) {
+  F p = load_as<F>(pp + i);
+  if constexpr (R == R_KAHAN) p += load_as<F>(cp + i);
+  return p;
+}
+
+// Elements i, i + 1, ... (lanes<F>) of the parameter; `index`: their numbers in the tensor
+template <typename F, typename PS, int R, typename U>
+inline void store_param(PS* __restrict pp, PS* __restrict cp, int i, F p, uint32_t key, U index, uint32_t mask) {
+  if constexpr (std::is_same_v<PS, float>) {
+    store_f32(pp + i, p);
+  } else if constexpr (R == R_KAHAN) {
+    const U hi = bf16_nearest_bits(p, bits_of(p));
+    store_u16(pp + i, hi);
+    const F rest = p - float_of(hi << 16);
+    store_u16(cp + i, bf16_nearest_bits(rest, bits_of(rest)));
+  } else if constexpr (R == R_STOCHASTIC) {
+    store_u16(pp + i, (bits_of(p) + noise_at(key, index, mask)) >> 16);
+  } else {
+    store_u16(pp + i, bf16_nearest_bits(p, bits_of(p)));
+  }
+}
+
 struct Keys {
   uint32_t k[4];  // this chunk's keys of the parameter's and the moments' noise streams
   uint32_t mask;
 };
 
+// The keys of elements lo, lo + 1, ... (below the next multiple of 2^32) of tensor t
+inline Keys keys_at(const Call& call, const Tensor& t, int64_t lo) {
+  Keys keys;
+  keys.mask = call.noise_mask;
+  const uint32_t high = mix32(uint32_t(uint64_t(lo) >> 32));  // a new key per 2^32 elements
+  for (int s = 0; s < 4; ++s) keys.k[s] = t.key[s] ^ high;
+  return keys;
+}
+
+// ---- the fused loop over dense moments -----------------------------------------------------------
+// One loop over a chunk: load, update, store, on float32 (in place, or buffers that float16 or
+// the 8-bit tree's values are converted to and from around it) or bf16 bits.
+
 template <typename PS, int R, int S, bool AMS>
 void fused(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, const PS* __restrict gp, void* m0, void* m1,
-           void* m2, const Coefficients& k, float step_size, float bc2_sqrt, const Keys& keys) {
+           void* m2, const Rule rule, float step_size, float bc2_sqrt, const Keys& keys) {
   using MT = std::conditional_t<S == L_F32, float, uint16_t>;
   MT* __restrict mp = static_cast<MT*>(m0);
   MT* __restrict vp = static_cast<MT*>(m1);
   MT* __restrict xp = static_cast<MT*>(m2);
-  // Every coefficient in a local, and the uniform choices as bit masks or constants: GCC 12
-  // vectorizes neither masked scalar loads from `k` nor selects on a scalar bool.
   const uint32_t mask = keys.mask, key0 = keys.k[0], key1 = keys.k[1], key2 = keys.k[2], key3 = keys.k[3];
-  const float l2 = k.l2, one_minus_beta2 = k.one_minus_beta2, beta2 = k.beta2, eps = k.eps;
-  const uint32_t negate = k.maximize ? 0x80000000u : 0u;      // -g flips the sign bit
-  const uint32_t coupled = k.coupled ? 0xFFFFFFFFu : 0u;      // take g + l2 * theta
-  const uint32_t from_m = k.w_small ? 0xFFFFFFFFu : 0u;       // lerp's base: m (small weight) or g
-  const float weight = k.w_small ? k.w : k.w_minus_1;
-  const float rho = k.decays ? k.rho : 1.0f;                  // theta * 1 is theta, bit for bit
-  // decay where m * theta >= 0 (cautious) or everywhere (-inf; a NaN product decays in neither)
-  const float threshold = k.cautious ? 0.0f : -std::numeric_limits<float>::infinity();
 #pragma GCC ivdep
   for (int i = 0; i < n; ++i) {
     const uint32_t index = first + uint32_t(i);
-    float p = load_elem(pp[i]);
-    if constexpr (R == R_KAHAN) p += load_elem(cp[i]);
-    float g = float_of(bits_of(load_elem(gp[i])) ^ negate);
-    float m = load_elem(mp[i]), v = load_elem(vp[i]);
-    g = float_of((bits_of(std::fma(p, l2, g)) & coupled) | (bits_of(g) & ~coupled));
-    const float base = float_of((bits_of(m) & from_m) | (bits_of(g) & ~from_m));
-    m = std::fma(weight, g - m, base);
-    v = std::fma(one_minus_beta2 * g, g, v * beta2);
-    float second = v;
-    if constexpr (AMS) {
-      const float x = load_elem(xp[i]);
-      second = (x > v || x != x) ? x : v;  // torch.maximum: NaN wins
-      store_moment<S>(xp, i, second, key3, index, mask);
-    }
-    const float kept = m * p >= threshold ? p * rho : p;
-    p = kept + (step_size * m) / (std::sqrt(second) / bc2_sqrt + eps);
-    if constexpr (std::is_same_v<PS, float>) {
-      pp[i] = p;
-    } else if constexpr (R == R_KAHAN) {
-      const uint16_t hi = bf16_nearest(p);
-      pp[i] = hi;
-      cp[i] = bf16_nearest(p - from_bf16(hi));
-    } else if constexpr (R == R_STOCHASTIC) {
-      pp[i] = bf16_stochastic(p, noise_at(key0, index, mask));
-    } else {
-      pp[i] = bf16_nearest(p);
-    }
+    float m = load_elem(mp[i]), v = load_elem(vp[i]), x = 0.0f;
+    if constexpr (AMS) x = load_elem(xp[i]);
+    const float p = update<AMS>(rule, load_param<float, PS, R>(pp, cp, i), load_elem(gp[i]), m, v, x, step_size, bc2_sqrt);
+    store_param<float, PS, R>(pp, cp, i, p, key0, index, mask);
     store_moment<S>(mp, i, m, key1, index, mask);
     store_moment<S>(vp, i, v, key2, index, mask);
+    if constexpr (AMS) store_moment<S>(xp, i, x, key3, index, mask);
   }
+}
+
+// ---- the fused loop over 8-bit float moments ------------------------------------------------------
+// Block b's loop (QBLOCK elements, one scale per moment) decodes b's codes, updates, keeps the
+// new moments in float32 in L1 with their absmax, and encodes block b - 1's new moments, whose
+// scales are known by then: one pass instead of decode, update, absmax and encode passes (one
+// core of the 2-core AMD EPYC, 64K parameters: 0.95 ns per element in passes, 0.77 in one).
+// F is VF (simd.h) for whole blocks, float for a ragged last one.
+
+struct Float8Block {
+  const uint8_t* codes[3];  // this block's codes, read
+  float scale[3];           // and scales
+  float* out[3];            // its new moments, written (float32, L1)
+  uint8_t* prev_codes[3];   // the previous block's codes, written
+  const float* prev[3];     // from its new moments
+  float prev_inverse[3];    // times 1 / its new scale
+};
+
+template <typename F, typename PS, int R, bool AMS, bool PLAIN, bool ENCODE>
+void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, const PS* __restrict gp,
+                  const Float8Block& b, uint32_t* top, const Rule rule, float step_size, float bc2_sqrt,
+                  const Keys& keys) {
+  using U = decltype(bits_of(F{}));
+  const uint8_t* __restrict mc = b.codes[0];
+  const uint8_t* __restrict vc = b.codes[1];
+  const uint8_t* __restrict xc = b.codes[2];
+  const float ms = b.scale[0], vs = b.scale[1], xs = b.scale[2];
+  float* __restrict mo = b.out[0];
+  float* __restrict vo = b.out[1];
+  float* __restrict xo = b.out[2];
+  uint8_t* __restrict mq = b.prev_codes[0];
+  uint8_t* __restrict vq = b.prev_codes[1];
+  uint8_t* __restrict xq = b.prev_codes[2];
+  const float* __restrict mprev = b.prev[0];
+  const float* __restrict vprev = b.prev[1];
+  const float* __restrict xprev = b.prev[2];
+  const float mi = b.prev_inverse[0], vi = b.prev_inverse[1], xi = b.prev_inverse[2];
+  const uint32_t mask = keys.mask, key0 = keys.k[0];
+  U mtop{}, vtop{}, xtop{};
+  for (int i = 0; i < n; i += lanes<F>) {
+    F m = Load<F>::e4m3(mc + i) * ms, v = Load<F>::e5m3(vc + i) * vs, x{};
+    if constexpr (AMS) x = Load<F>::e5m3(xc + i) * xs;
+    const F p = update<AMS, PLAIN>(rule, load_param<F, PS, R>(pp, cp, i), load_as<F>(gp + i), m, v, x, step_size, bc2_sqrt);
+    store_param<F, PS, R>(pp, cp, i, p, key0, Load<F>::index(first + uint32_t(i)), mask);
+    store_f32(mo + i, m);
+    store_f32(vo + i, v);
+    mtop = absmax_bits(m, mtop);
+    vtop = absmax_bits(v, vtop);
+    if constexpr (AMS) {
+      store_f32(xo + i, x);
+      xtop = absmax_bits(x, xtop);
+    }
+    if constexpr (ENCODE) {  // the previous block is whole, and so is this one
+      encode_e4m3(mq + i, Load<F>::f32(mprev + i) * mi);
+      encode_e5m3(vq + i, Load<F>::f32(vprev + i) * vi);
+      if constexpr (AMS) encode_e5m3(xq + i, Load<F>::f32(xprev + i) * xi);
+    }
+  }
+  top[0] = reduce_max(mtop);
+  top[1] = reduce_max(vtop);
+  top[2] = reduce_max(xtop);
 }
 
 // ---- one chunk of one tensor --------------------------------------------------------------------
 
 constexpr int PAD = 16;  // floats between buffers, so that they do not alias each other modulo 4 KiB
 
+// Dense moments, and the float16 or 8-bit tree formats through float32 buffers.
 template <typename PS, int R, int S, bool AMS>
 void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
   const int n = int(std::min<int64_t>(BLOCK, t.numel - lo));
@@ -191,10 +322,7 @@ void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
   const int kind = call.kind[0];
   const bool half = call.param_type == P_F16;
   alignas(64) float buf[5][BLOCK + PAD];  // param, grad, moments: those that are not float32/bf16
-  Keys keys;
-  keys.mask = call.noise_mask;
-  const uint32_t high = mix32(uint32_t(uint64_t(lo) >> 32));  // a new key per 2^32 elements
-  for (int s = 0; s < 4; ++s) keys.k[s] = t.key[s] ^ high;
+  const Keys keys = keys_at(call, t, lo);
   PS *pp, *cp = nullptr;
   const PS* gp;
   if (half) {  // PS is float: through buffers, the compensation added on load
@@ -227,7 +355,8 @@ void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
       mom[j] = static_cast<char*>(t.moment[j]) + lo * (kind == M_F32 ? 4 : 2);
     }
   }
-  fused<PS, R, S, AMS>(n, uint32_t(lo), pp, cp, gp, mom[0], mom[1], mom[2], call.k, t.step_size, t.bc2_sqrt, keys);
+  fused<PS, R, S, AMS>(n, uint32_t(lo), pp, cp, gp, mom[0], mom[1], mom[2], rule_of(call.k), t.step_size, t.bc2_sqrt,
+                       keys);
   if (half) {
     Half* dst = static_cast<Half*>(t.param) + lo;
     if (t.comp != nullptr) store_kahan_f16(buf[0], dst, static_cast<Half*>(t.comp) + lo, n);
@@ -242,6 +371,68 @@ void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
     else if (kind == M_F16)
       float_to_half(buf[2 + j], static_cast<Half*>(t.moment[j]) + lo, n);
   }
+}
+
+// 8-bit float moments of a float32 or bf16 parameter: elements [lo, hi) of tensor t (lo a
+// multiple of BLOCK), block after block, each block's codes written during the next one's loop;
+// whole blocks in LANES-wide vectors where simd.h has them.
+#ifdef DECOUPLED_SIMD
+using Lane = VF;
+#else
+using Lane = float;
+#endif
+
+template <typename PS, int R, bool AMS, bool PLAIN>
+void run_float8(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
+  const int nm = call.n_moments;
+  const Rule rule = rule_of(call.k);
+  alignas(64) float buf[2][3][QBLOCK + PAD];  // new moments of this block and of the previous one
+  Float8Block b{};
+  for (int j = 0; j < 3; ++j) b.prev[j] = b.out[j] = buf[0][j];  // read or written only for j < nm
+  int prev_n = 0;
+  Keys keys = keys_at(call, t, lo);
+  for (int64_t at = lo; at < hi; at += QBLOCK) {
+    const int n = int(std::min<int64_t>(QBLOCK, hi - at));
+    const int64_t block = at / QBLOCK;
+    if ((uint64_t(at) & 0xFFFFFFFFu) == 0) keys = keys_at(call, t, at);
+    for (int j = 0; j < nm; ++j) {
+      b.codes[j] = static_cast<const uint8_t*>(t.moment[j]) + at;
+      b.scale[j] = t.scale[j][block];
+      b.out[j] = buf[block & 1][j];
+    }
+    PS* pp = static_cast<PS*>(t.param) + at;
+    PS* cp = t.comp != nullptr ? static_cast<PS*>(t.comp) + at : nullptr;
+    const PS* gp = static_cast<const PS*>(t.grad) + at;
+    uint32_t top[3];
+    if (n == QBLOCK && prev_n > 0) {
+      fused_float8<Lane, PS, R, AMS, PLAIN, true>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
+    } else if (n == QBLOCK) {
+      fused_float8<Lane, PS, R, AMS, PLAIN, false>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
+    } else {
+      for (int j = 0; j < nm && prev_n > 0; ++j)  // a short last block: the previous one first
+        encode_block(b.prev[j], j == 0, b.prev_inverse[j], b.prev_codes[j], prev_n);
+      fused_float8<float, PS, R, AMS, PLAIN, false>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
+    }
+    for (int j = 0; j < nm; ++j) {
+      const BlockScale s = block_scale(top[j], j == 0);
+      t.scale[j][block] = s.scale;
+      b.prev_codes[j] = static_cast<uint8_t*>(t.moment[j]) + at;
+      b.prev[j] = b.out[j];
+      b.prev_inverse[j] = s.inverse;
+    }
+    prev_n = n;
+  }
+  for (int j = 0; j < nm && prev_n > 0; ++j) encode_block(b.prev[j], j == 0, b.prev_inverse[j], b.prev_codes[j], prev_n);
+}
+
+// Elements [lo, hi) of tensor t (lo a multiple of BLOCK).
+template <typename PS, int R, int S, bool AMS>
+void run_piece(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
+  if constexpr (S == L_F32) {
+    if (call.kind[0] == M_FLOAT8 && call.param_type != P_F16)
+      return plain(call.k) ? run_float8<PS, R, AMS, true>(call, t, lo, hi) : run_float8<PS, R, AMS, false>(call, t, lo, hi);
+  }
+  for (int64_t at = lo; at < hi; at += BLOCK) run_chunk<PS, R, S, AMS>(call, t, at);
 }
 
 constexpr int64_t GRAB = 64;  // chunks a thread takes at a time (64K elements)
@@ -260,9 +451,11 @@ void run(const Call& call) {
   for (int64_t grab = 0; grab < grabs; ++grab) {
     const int64_t b0 = grab * GRAB, b1 = std::min(b0 + GRAB, first[T]);
     int64_t i = std::upper_bound(first.begin(), first.end(), b0) - first.begin() - 1;
-    for (int64_t b = b0; b < b1; ++b) {
-      while (b >= first[i + 1]) ++i;
-      run_chunk<PS, R, S, AMS>(call, call.tensors[i], (b - first[i]) * BLOCK);
+    for (int64_t b = b0; b < b1; ++i) {  // the pieces of tensors i, i + 1, ... in [b0, b1)
+      const int64_t end = std::min(b1, first[i + 1]);
+      const Tensor& t = call.tensors[i];
+      if (end > b) run_piece<PS, R, S, AMS>(call, t, (b - first[i]) * BLOCK, std::min(t.numel, (end - first[i]) * BLOCK));
+      b = std::max(b, end);
     }
   }
 }
@@ -385,6 +578,60 @@ std::vector<uint32_t> noise_of(int64_t seed, int64_t tensor, int stream, int64_t
   return out;
 }
 
+// Checks of the 8-bit codes over the float32 bit patterns first, first + stride, ... < 2^32
+// (and all 256 codes): the number of inputs where the scalar arithmetic of codes.h, the vectors
+// of simd.h (where built) and the CPU's float16 instructions (F16C, where present) disagree.
+int64_t code_mismatches(int64_t first, int64_t stride) {
+  int64_t bad = 0;
+  for (int c = 0; c < 256; ++c) {
+    const uint8_t code = uint8_t(c);
+    uint32_t e4 = bits_of(from_e4m3(code)), e5 = bits_of(from_e5m3(code));
+#if defined(__F16C__)
+    const uint32_t magnitude = bits_of(_cvtsh_ss(uint16_t((c & 0x7F) << 7)) * 256.0f) | (uint32_t(c & 0x80) << 24);
+    bad += e4 != ((c & 0x7F) == 0x7F ? 0x7FC00000u | (uint32_t(c & 0x80) << 24) : magnitude);
+    bad += e5 != bits_of(_cvtsh_ss(uint16_t(c << 7)));
+#endif
+#ifdef DECOUPLED_SIMD
+    alignas(64) uint8_t codes[LANES];
+    for (int i = 0; i < LANES; ++i) codes[i] = code;
+    bad += e4 != bits_of(Load<VF>::e4m3(codes))[0] || e5 != bits_of(Load<VF>::e5m3(codes))[0];
+#endif
+  }
+  const int64_t n = ((int64_t(1) << 32) - first + stride - 1) / stride;
+#pragma omp parallel for reduction(+ : bad) schedule(static, 1)
+  for (int64_t chunk = 0; chunk < (n + 4095) / 4096; ++chunk) {
+    alignas(64) float y[4096];
+    alignas(64) uint8_t a[4096], b[4096], c4[4096], d[4096];
+    const int64_t lo = chunk * 4096, m = std::min<int64_t>(4096, n - lo);
+    for (int64_t i = 0; i < m; ++i) y[i] = float_of(uint32_t(first + (lo + i) * stride));
+    for (int64_t i = 0; i < m; ++i) {
+      a[i] = to_e4m3(y[i]);
+      b[i] = to_e5m3(y[i]);
+    }
+#ifdef DECOUPLED_SIMD
+    int64_t i = 0;
+    for (; i + LANES <= m; i += LANES) {
+      encode_e4m3(c4 + i, Load<VF>::f32(y + i));
+      encode_e5m3(d + i, Load<VF>::f32(y + i));
+    }
+    for (; i < m; ++i) {
+      c4[i] = a[i];
+      d[i] = b[i];
+    }
+    for (int64_t k = 0; k < m; ++k) bad += (a[k] != c4[k]) + (b[k] != d[k]);
+#endif
+#if defined(__F16C__)
+    for (int64_t k = 0; k < m; ++k) {
+      const float x = std::fabs(y[k]) < 65520.0f || y[k] != y[k] ? y[k] : 0.0f;  // half_bits' domain
+      bad += half_bits(x) != _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
+    }
+#endif
+    (void)c4;
+    (void)d;
+  }
+  return bad;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -394,4 +641,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("to_e5m3", [](std::vector<float> x) { std::vector<uint8_t> r; for (float v : x) r.push_back(to_e5m3(v)); return r; });
   m.def("step", &step);
   m.def("noise", &noise_of);
+  m.def("code_mismatches", &code_mismatches);
+#ifdef DECOUPLED_SIMD
+  m.attr("LANES") = LANES;
+#else
+  m.attr("LANES") = 1;
+#endif
 }

@@ -27,12 +27,15 @@ namespace decoupled_codes {
 
 inline float fma_(float a, float b, float c) { return std::fma(a, b, c); }
 inline float sqrt_(float x) { return std::sqrt(x); }
-// loads of one lane type F (float or VF) from memory; the others take F from their argument
+// loads of one lane type F (float or VF) from memory; the others take F from their argument.
+// e4m3 gives the code's value / 256 (the float16 it is the top byte of), so that a caller
+// multiplies once, by scale * 256: the same bits as value * scale (both products are exact
+// before their one rounding).
 template <typename F>
 struct Load {
   static float f32(const float* p) { return *p; }
   static float bf16(const uint16_t* p) { return from_bf16(*p); }
-  static float e4m3(const uint8_t* c) { return from_e4m3(*c); }
+  static float e4m3(const uint8_t* c) { return from_e4m3(*c) * 0x1p-8f; }  // exact: the float16 of the code
   static float e5m3(const uint8_t* c) { return from_e5m3(*c); }
   static uint32_t index(uint32_t first) { return first; }  // the lanes' element numbers
 };
@@ -102,6 +105,9 @@ template <>
 inline VF splat<VF>(float x) { return VF(_mm512_set1_ps(x)); }
 inline VF fma_(VF a, VF b, VF c) { return VF(_mm512_fmadd_ps(__m512(a), __m512(b), __m512(c))); }
 inline VF sqrt_(VF x) { return VF(_mm512_sqrt_ps(__m512(x))); }
+// a < b ? a : b and a > b ? a : b (so a NaN b is kept), one instruction each
+inline VF min_(VF a, VF b) { return VF(_mm512_min_ps(__m512(a), __m512(b))); }
+inline VF max_(VF a, VF b) { return VF(_mm512_max_ps(__m512(a), __m512(b))); }
 inline VF half_to_float(VH h) { return VF(_mm512_cvtph_ps(__m256i(h))); }
 inline VH float_to_half(VF x) { return VH(_mm512_cvtps_ph(__m512(x), _MM_FROUND_TO_NEAREST_INT)); }
 // the low byte of each lane (as uint8_t(x)), and bytes widened
@@ -112,6 +118,8 @@ template <>
 inline VF splat<VF>(float x) { return VF(_mm256_set1_ps(x)); }
 inline VF fma_(VF a, VF b, VF c) { return VF(_mm256_fmadd_ps(__m256(a), __m256(b), __m256(c))); }
 inline VF sqrt_(VF x) { return VF(_mm256_sqrt_ps(__m256(x))); }
+inline VF min_(VF a, VF b) { return VF(_mm256_min_ps(__m256(a), __m256(b))); }
+inline VF max_(VF a, VF b) { return VF(_mm256_max_ps(__m256(a), __m256(b))); }
 inline VF half_to_float(VH h) { return VF(_mm256_cvtph_ps(__m128i(h))); }
 inline VH float_to_half(VF x) { return VH(_mm256_cvtps_ph(__m256(x), _MM_FROUND_TO_NEAREST_INT)); }
 inline void store_bytes(uint8_t* c, VH x) {
@@ -125,10 +133,7 @@ inline void store_f32(float* p, VF x) { store_<VF>(p, x); }
 inline void store_u16(uint16_t* p, VU x) { store_<VH>(p, __builtin_convertvector(x, VH)); }
 
 // min(top, x) with x's NaN kept (as the scalar `top < x ? top : x`)
-inline VF min_keep_nan(float top, VF x) {
-  const VF t = splat<VF>(top);
-  return t < x ? t : x;
-}
+inline VF min_keep_nan(float top, VF x) { return min_(splat<VF>(top), x); }
 
 inline VH round_top_byte(VH h) { return (h + 0x3Fu + ((h >> 7) & 1u)) >> 7; }
 
@@ -148,7 +153,7 @@ struct Load<VF> {
     const VH shifted = code << 7;                // the magnitude in float16's place, the sign at bit 14
     const VH h = shifted + (shifted & 0x4000u);  // the sign to bit 15
     const VH fixed = (code & 0x7Fu) == 0x7Fu ? (h & 0x8000u) | 0x7E00u : h;  // e4m3fn's NaN -> float16's
-    return half_to_float(fixed) * 256.0f;
+    return half_to_float(fixed);
   }
 };
 
@@ -159,7 +164,7 @@ inline void encode_e5m3(uint8_t* c, VF y) {
 // as to_e4m3, with the sign carried by the float16 (half_bits(-a) is half_bits(a) | 0x8000,
 // NaN included), so that no 32-bit lanes are narrowed
 inline void encode_e4m3(uint8_t* c, VF y) {
-  const VF low = splat<VF>(-E4M3_MAX), clamped = min_keep_nan(E4M3_MAX, y < low ? low : y);
+  const VF clamped = min_keep_nan(E4M3_MAX, max_(splat<VF>(-E4M3_MAX), y));
   const VH h = float_to_half(clamped * 0x1p-8f);
   const VH magnitude = round_top_byte(h & 0x7FFFu);
   store_bytes(c, (magnitude < 0x7Eu ? magnitude : VH{} + 0x7Eu) | ((h >> 8) & 0x80u));

@@ -483,3 +483,21 @@ def test_switching_the_kernel_off_gives_a_reason_and_no_warning(monkeypatch):
             assert "DECOUPLED_NATIVE=0" in native.unsupported_reason(formats.PARAM, "nearest", [torch.zeros(2)])
     finally:
         build.reset()
+
+
+# ---- the loops without Python (benchmarks/kernel_micro.py) ------------------------------------------
+
+
+@needs_kernel
+def test_the_kernel_builds_without_python_and_times_every_case(capsys):
+    """kernel.cpp with DECOUPLED_KERNEL_STANDALONE (no torch, no pybind11) builds, runs every case
+    of the harness and reports a time per element for each."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    try:
+        import kernel_micro
+    finally:
+        sys.path.pop(0)
+    assert kernel_micro.main(["--elements", "5000", "--steps", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = lines[lines.index(next(line for line in lines if line.startswith("ns per element"))) + 1 :]
+    assert len(rows) == 10 and all(float(row.split()[-1]) > 0 for row in rows), rows

@@ -26,9 +26,16 @@
 // float32 buffers (L1) around the dense loop. Compiled with -ffp-contract=off: the only fused
 // multiply-adds are the explicit fma calls. Every instruction set stores the same bits.
 
+#ifdef DECOUPLED_KERNEL_STANDALONE  // the loops without Python or torch (benchmarks/kernel_micro.cpp)
+#include <omp.h>
+namespace at {
+inline int get_num_threads() { return omp_get_max_threads(); }
+}  // namespace at
+#else
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -490,6 +497,7 @@ void dispatch(const Call& call) {
   }
 }
 
+#ifndef DECOUPLED_KERNEL_STANDALONE
 // ---- the Python entry point ----------------------------------------------------------------
 
 using Ptrs = std::vector<uintptr_t>;
@@ -569,6 +577,8 @@ void step(int param_type, int rounding, const std::vector<int>& kinds, const Ptr
   dispatch(call);
 }
 
+#endif
+
 // Noise of one stream as the kernel draws it (for tests of its distribution).
 // (stream: 0 param, 1 exp_avg, 2 exp_avg_sq, 3 max_exp_avg_sq; elements first .. first + n)
 std::vector<uint32_t> noise_of(int64_t seed, int64_t tensor, int stream, int64_t first, int64_t n) {
@@ -638,6 +648,7 @@ int64_t code_mismatches(int64_t first, int64_t stride) {
 
 }  // namespace
 
+#ifndef DECOUPLED_KERNEL_STANDALONE
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "decoupled: fused CPU Adam step over formatted state";
   m.attr("BLOCK") = BLOCK;
@@ -652,3 +663,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("LANES") = 1;
 #endif
 }
+#endif

@@ -113,6 +113,9 @@ inline VH float_to_half(VF x) { return VH(_mm512_cvtps_ph(__m512(x), _MM_FROUND_
 // the low byte of each lane (as uint8_t(x)), and bytes widened
 inline void store_bytes(uint8_t* c, VH x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(c), _mm256_cvtepi16_epi8(__m256i(x))); }
 inline VH load_bytes(const uint8_t* c) { return VH(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)))); }
+// 16-bit values widened, and the low 16 bits of each lane stored (GCC splits both otherwise)
+inline VU load_u16(const uint16_t* p) { return VU(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))); }
+inline void store_u16(uint16_t* p, VU x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(__m512i(x))); }
 #else
 template <>
 inline VF splat<VF>(float x) { return VF(_mm256_set1_ps(x)); }
@@ -127,10 +130,15 @@ inline void store_bytes(uint8_t* c, VH x) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(c), _mm_packus_epi16(low, low));
 }
 inline VH load_bytes(const uint8_t* c) { return VH(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)))); }
+inline VU load_u16(const uint16_t* p) { return VU(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))); }
+inline void store_u16(uint16_t* p, VU x) {
+  const __m256i low = __m256i(x & 0xFFFFu);  // packus saturates: keep the low 16 bits first
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(low), _mm256_extracti128_si256(low, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
 #endif
 
 inline void store_f32(float* p, VF x) { store_<VF>(p, x); }
-inline void store_u16(uint16_t* p, VU x) { store_<VH>(p, __builtin_convertvector(x, VH)); }
 
 // min(top, x) with x's NaN kept (as the scalar `top < x ? top : x`)
 inline VF min_keep_nan(float top, VF x) { return min_(splat<VF>(top), x); }
@@ -141,7 +149,7 @@ inline VH round_top_byte(VH h) { return (h + 0x3Fu + ((h >> 7) & 1u)) >> 7; }
 template <>
 struct Load<VF> {
   static VF f32(const float* p) { return load_<VF>(p); }
-  static VF bf16(const uint16_t* p) { return float_of(__builtin_convertvector(load_<VH>(p), VU) << 16); }
+  static VF bf16(const uint16_t* p) { return float_of(load_u16(p) << 16); }
   static VF e5m3(const uint8_t* c) { return half_to_float(load_bytes(c) << 7); }
   static VU index(uint32_t first) {
     VU iota;

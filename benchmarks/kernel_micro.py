@@ -1,0 +1,91 @@
+"""The native kernel's loops without Python: ns per element of one step, per state format, for
+one or more builds (``-march`` targets or extra flags), and whether the builds compute the same
+bits (a hash of the state after the timed steps).
+
+    python benchmarks/kernel_micro.py                                # this CPU, one core, 64K elements (in L2)
+    python benchmarks/kernel_micro.py --march native,x86-64-v3,x86-64-v2
+    python benchmarks/kernel_micro.py --elements 64M --threads 2     # memory-bound, every core
+
+Each build is ``benchmarks/kernel_micro.cpp`` (which includes ``kernel.cpp`` with
+``DECOUPLED_KERNEL_STANDALONE``) compiled with the flags of :mod:`decoupled.native.build`,
+``-march`` replaced. A target the CPU cannot run fails with an illegal instruction: pick targets
+this CPU has (``x86-64-v3`` is AVX2 + FMA + F16C; ``x86-64-v2`` has no F16C, so the 8-bit loop
+runs the scalar codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from decoupled.bench.layouts import parse_size
+from decoupled.native import build
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "kernel_micro.cpp"
+
+
+def compile_for(march: str, extra: list[str], out: Path) -> Path:
+    """The harness built for ``-march=<march>`` plus ``extra`` flags, at ``out``."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise SystemExit(f"no C++ compiler found (looked for {compiler!r}; set CXX to choose one)")
+    flags = [f"-march={march}" if f == "-march=native" else f for f in build.FLAGS]
+    include = Path(build.SOURCE).parent
+    command = [compiler, *flags, *extra, "-DDECOUPLED_KERNEL_STANDALONE", f"-I{include}", str(SOURCE), "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building for {march} failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+def run(binary: Path, elements: int, steps: int, threads: int) -> dict[str, tuple[float, str]]:
+    """{case: (ns per element, state hash)} from one run of a build."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([str(binary), str(elements), str(steps)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{binary.name} failed (exit {done.returncode}; an instruction set this CPU lacks?)")
+    rows = {}
+    for line in done.stdout.splitlines()[1:]:
+        name, ns, digest = line[:32].strip(), *line[32:].split()
+        rows[name] = (float(ns), digest)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--march", default="native", help="comma-separated -march targets (default: native)")
+    ap.add_argument("--flags", default="", help="extra compiler flags for every build, e.g. -mprefer-vector-width=512")
+    ap.add_argument("--elements", default="64k", help="elements per step (k/M = 2**10/2**20; default 64k: in L2)")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps (default: about 2 s per case)")
+    ap.add_argument("--threads", type=int, default=1, help="OpenMP threads (default 1)")
+    args = ap.parse_args(argv)
+    elements = parse_size(args.elements)
+    steps = args.steps or max(5, int(2e9 / (elements * 1.0)) // 10)
+    targets = [m.strip() for m in args.march.split(",") if m.strip()]
+    cpu = build._cpu_signature().splitlines()[0].split(":", 1)[-1].strip() or platform.processor()
+    print(f"CPU: {cpu}; {elements:,} elements, {steps} steps, {args.threads} thread(s); flags: {' '.join(build.FLAGS)}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for march in targets:
+            binary = compile_for(march, args.flags.split(), Path(tmp) / f"kernel_micro_{len(results)}")
+            results[march] = run(binary, elements, steps, args.threads)
+    cases = list(next(iter(results.values())))
+    width = max(12, *(len(t) + 2 for t in targets))
+    print(f"{'ns per element':32s}" + "".join(f"{t:>{width}s}" for t in targets))
+    for case in cases:
+        print(f"{case:32s}" + "".join(f"{results[t][case][0]:>{width}.3f}" for t in targets))
+    differ = [c for c in cases if len({results[t][c][1] for t in targets}) > 1]
+    if len(targets) > 1:
+        print("same bits in every build" if not differ else f"DIFFERENT BITS: {', '.join(differ)}")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -317,10 +317,12 @@ def test_every_instruction_set_stores_the_same_bits(march, tmp_path):
 
 @needs_kernel
 def test_noise_is_uniform_and_independent_across_streams():
+    """Streams of the parameter, exp_avg and exp_avg_sq (the two halves of one hash), another
+    tensor and another seed: each uniform, no two correlated."""
     n = 1 << 18
     streams = [
         stochastic_noise(seed, tensor, stream, 0, n)
-        for seed, tensor, stream in ((1, 0, 0), (1, 0, 1), (1, 1, 0), (2, 0, 0))
+        for seed, tensor, stream in ((1, 0, 0), (1, 0, 1), (1, 0, 2), (1, 1, 0), (2, 0, 0))
     ]
     for noise in streams:
         assert 0 <= noise.min() and noise.max() < 1 << 16
@@ -331,6 +333,10 @@ def test_noise_is_uniform_and_independent_across_streams():
     for a, b in itertools.combinations(streams, 2):
         corr = torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
         assert abs(corr) < 5 / n**0.5, corr
+    # the moments' halves of one hash: jointly uniform (16 x 16 bins of their top 4 bits)
+    joint = torch.bincount((streams[1] >> 12) * 16 + (streams[2] >> 12), minlength=256).double()
+    chi2 = ((joint - n / 256) ** 2 / (n / 256)).sum().item()
+    assert chi2 < 255 + 5 * (2 * 255) ** 0.5, chi2
     # the element index, not the call's chunking, picks the noise
     assert torch.equal(stochastic_noise(1, 0, 0, 1000, 500), streams[0][1000:1500])
 

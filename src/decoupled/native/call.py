@@ -108,7 +108,8 @@ class Call:
 def stochastic_noise(seed: int, tensor: int, stream: int, first: int, n: int) -> torch.Tensor:
     """The noise (int64 in [0, 2^16)) the kernel adds before truncating to bf16, for elements
     ``first .. first + n`` of the ``tensor``-th parameter of a step with ``seed``; ``stream`` 0 is
-    the parameter, 1-3 the moments. For tests of its distribution."""
+    the parameter, 1-3 the moments (1 and 2 are the two halves of one hash). For tests of its
+    distribution."""
     module = kernel()
     if module is None:
         raise RuntimeError(unavailable_reason())

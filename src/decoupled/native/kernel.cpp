@@ -177,10 +177,15 @@ enum LoopMoments { L_F32 = 0, L_BF16 = 1, L_BF16_SR = 2 };
 inline float load_elem(float x) { return x; }
 inline float load_elem(uint16_t x) { return from_bf16(x); }
 
-// Stochastic-rounding noise of one element (or lanes): the top 16 bits of mix32(index ^ key),
-// masked to 0 for truncation (tests).
+// Stochastic-rounding noise, 16 bits uniform in [0, 2^16) per element (or lanes) and stream,
+// masked to 0 for truncation (tests): the high half of mix32(index ^ key) under the stream's
+// key for the parameter (stream 0) and max_exp_avg_sq (3); exp_avg (1) and exp_avg_sq (2) take
+// the high and the low half of one hash under stream 1's key (one hash per element instead of
+// two: bf16 moments 0.54 -> 0.48 ns per element on one core).
 template <typename U>
 inline U noise_at(uint32_t key, U index, uint32_t mask) { return (mix32<U>(index ^ key) >> 16) & mask; }
+
+inline uint32_t low_noise(uint32_t hash, uint32_t mask) { return hash & 0xFFFFu & mask; }
 
 template <int S, typename T>
 inline void store_moment(T* __restrict dst, int i, float x, uint32_t key, uint32_t index, uint32_t mask) {
@@ -244,7 +249,7 @@ void fused(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, const PS
   MT* __restrict mp = static_cast<MT*>(m0);
   MT* __restrict vp = static_cast<MT*>(m1);
   MT* __restrict xp = static_cast<MT*>(m2);
-  const uint32_t mask = keys.mask, key0 = keys.k[0], key1 = keys.k[1], key2 = keys.k[2], key3 = keys.k[3];
+  const uint32_t mask = keys.mask, key0 = keys.k[0], key1 = keys.k[1], key3 = keys.k[3];
 #pragma GCC ivdep
   for (int i = 0; i < n; ++i) {
     const uint32_t index = first + uint32_t(i);
@@ -252,8 +257,14 @@ void fused(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, const PS
     if constexpr (AMS) x = load_elem(xp[i]);
     const float p = update<AMS, PLAIN>(rule, load_param<float, PS, R>(pp, cp, i), load_elem(gp[i]), m, v, x, step_size, bc2_sqrt);
     store_param<float, PS, R>(pp, cp, i, p, key0, index, mask);
-    store_moment<S>(mp, i, m, key1, index, mask);
-    store_moment<S>(vp, i, v, key2, index, mask);
+    if constexpr (S == L_BF16_SR) {  // one hash, two streams
+      const uint32_t hash = mix32(index ^ key1);
+      mp[i] = bf16_stochastic(m, (hash >> 16) & mask);
+      vp[i] = bf16_stochastic(v, low_noise(hash, mask));
+    } else {
+      store_moment<S>(mp, i, m, key1, index, mask);
+      store_moment<S>(vp, i, v, key1, index, mask);
+    }
     if constexpr (AMS) store_moment<S>(xp, i, x, key3, index, mask);
   }
 }
@@ -585,8 +596,8 @@ std::vector<uint32_t> noise_of(int64_t seed, int64_t tensor, int stream, int64_t
   std::vector<uint32_t> out(n);
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t index = uint64_t(first + i);
-    const uint32_t key = stream_key(seed, tensor, stream) ^ mix32(uint32_t(index >> 32));
-    out[i] = noise_at(key, uint32_t(index), 0xFFFFu);
+    const uint32_t key = stream_key(seed, tensor, stream == 2 ? 1 : stream) ^ mix32(uint32_t(index >> 32));
+    out[i] = stream == 2 ? low_noise(mix32(uint32_t(index) ^ key), 0xFFFFu) : noise_at(key, uint32_t(index), 0xFFFFu);
   }
   return out;
 }

@@ -3,10 +3,11 @@ r"""Blockwise 8-bit float moments: one byte per element, a float32 scale per 256
 The successor of the dynamic-tree code (:mod:`.blockwise8`): the same storage cost (about
 2.03 bytes per parameter for both moments), at least the same accuracy of the Adam update,
 and a code that a float16 conversion and a few integer operations produce, where the tree
-needs table lookups (a 16-wide gather costs about 20 cycles on the project's AMD EPYC). With
-the native kernel (:mod:`decoupled.formats.native`) a step of GPT-2's layout at 64M parameters
-ran at 0.82-0.95x torch's fused fp32 step on the 2-core machine, the tree's at 0.33x, and the
-tree's through today's float32 arena at 0.09x (``benchmarks/results/native-cpu-2core``).
+needs table lookups (a 16-wide gather costs about 20 cycles on the project's AMD EPYC). The
+native kernel (:mod:`decoupled.formats.native`) decodes, updates and encodes a block in one
+pass, 0.68 ns per element on one core of that machine (``benchmarks/kernel_micro.py``); at 64M
+parameters on its two cores a step ran at 0.88-1.01x torch's fused fp32 step
+(``benchmarks/RESULTS.md``), bitsandbytes' and torchao's 8-bit AdamW at 0.02-0.03x.
 
 Codes
     Elements in row-major order are cut into blocks of 256 (the last may be shorter). Each

@@ -106,10 +106,10 @@ inline void store_kahan_f16(const float* __restrict x, Half* __restrict hi, Half
 // torch's cast; subnormals too), then to the code's 3 mantissa bits (nearest even on the bits):
 // a value within half a float16 step of a midpoint between two codes may take either.
 //
-// Every function here is plain integer and float arithmetic with selects, no branches and no
-// intrinsics, so that the compiler vectorizes it inside the kernel's fused loop (for any ISA),
-// where it runs beside the update's divisions. Each equals x86's F16C conversions bit for bit:
-// checked for all 2^32 float32 inputs and all 256 codes (tests/test_native.py).
+// Every function here is plain integer and float arithmetic with selects (no intrinsics): the
+// codes on any CPU, and the reference for the vectors of simd.h, which use the CPU's float16
+// instructions. All three agree bit for bit on all 2^32 float32 inputs and all 256 codes
+// (code_mismatches in kernel.cpp, run by tests/test_native.py).
 
 // float16 bits of x (round to nearest even; subnormals; NaN quieted with its top payload bits),
 // for |x| < 65520 (the kernel clamps to the codes' ranges first), as VCVTPS2PH computes them

@@ -51,6 +51,21 @@ def test_files_and_record(result):
     assert bw["before"]["copy_gbs"] > 0 and bw["before"]["triad_gbs"] > 0 and bw["bound_gbs"] > 0
 
 
+def test_the_native_kernel_build_is_recorded(result):
+    """The quick run steps the formats on CPU, so the kernel is loaded: its flags and the width
+    of its 8-bit loop's vectors are in the record and the report."""
+    from pathlib import Path
+
+    from decoupled.native import build
+
+    if build.unavailable_reason() is not None:
+        assert result["machine"]["native_kernel"] is None
+        return
+    kernel = result["machine"]["native_kernel"]
+    assert kernel["lanes"] in (1, 8, 16) and "-march=" in kernel["flags"]
+    assert f"{kernel['lanes']}-lane vectors" in (Path(result["_out"]) / "results.md").read_text()
+
+
 def test_rows_have_sane_numbers(result):
     rows = [r for r in result["rows"] if r["status"] == "ok"]
     cases = {(r["layout"], r["dtype"]) for r in rows}

@@ -13,6 +13,10 @@ from .peers import REFERENCE
 COLUMNS = ("contender", "ms", "IQR ms", "vs fused", "B/p moved", "GB/s", "% bw", "state B/p")
 
 
+_ISA = {16: "AVX-512", 8: "AVX2", 1: "scalar codes"}
+"""The instruction set behind a count of vector lanes of the native kernel's 8-bit loop."""
+
+
 class Progress:
     """A progress bar on stderr (rich when installed, plain lines otherwise)."""
 
@@ -138,6 +142,14 @@ def markdown(result: dict) -> str:
         f"Software: Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v and k != "torch")
         + f"; decoupled commit {m.get('decoupled_commit')}.",
+        *(
+            [
+                f"Native kernel: `{k['flags']}`, {k['lanes']}-lane vectors "
+                f"({_ISA.get(k['lanes'], '?')}) in the 8-bit loop."
+            ]
+            if (k := m.get("native_kernel"))
+            else []
+        ),
         f"Date: {m['date']}. Load average before / after: {m.get('load_average')} / {m.get('load_average_after')}; "
         f"CPU share used by other processes just before / during the run: {m.get('other_load_before')} / "
         f"{m.get('other_load_during')}." + (f" **Warning: {m['busy_warning']}**" if m.get("busy_warning") else ""),

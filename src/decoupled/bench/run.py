@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from ..cli.args import UsageError, nonnegative_float, positive_float, positive_int
+from ..native import build as native_build
 from . import bandwidth, layouts, machine, peers, report
 from .layouts import DTYPES
 from .timing import Timing, make_params, time_case
@@ -413,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
         bw_after = bandwidth.measure(device, elements=args.bandwidth_elements)
         progress.advance()
 
+    info["native_kernel"] = native_build.description()  # after the cases: loaded if any contender used it
     info["load_average_after"] = machine.load_average()
     info["other_load_during"] = during.stop()
     if device.type == "cpu" and (info["other_load_during"] or 0) > 0.2:

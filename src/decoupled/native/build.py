@@ -194,6 +194,16 @@ def kernel() -> ModuleType | None:
         return module
 
 
+def description() -> dict | None:
+    """What this process's kernel was built with, without building it: the flags, the vector
+    lanes of its 8-bit loop (16: AVX-512, 8: AVX2, 1: the scalar codes) and this process's build
+    seconds (None: loaded from the cache); None if the kernel has not been loaded."""
+    module = _state.get("module")
+    if module is None:
+        return None
+    return {"flags": " ".join(_flags()), "lanes": int(getattr(module, "LANES", 1)), "build_seconds": BUILD_SECONDS}
+
+
 def unavailable_reason() -> str | None:
     """Why the kernel cannot run in this process (building it first if needed), or None."""
     kernel()

@@ -252,6 +252,40 @@ def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, 
     equal_runs(*results)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_8bit_blocks_of_tiny_moments_stay_finite_and_store_the_arenas_bits(exact_sqrt, zero_noise, dtype):
+    """Gradients of 1e-17 and zeros (a weight that barely gets a gradient): the second moments'
+    blocks have an absmax near 1e-37, a float32-subnormal scale whose reciprocal overflows; their
+    zeros were stored as 0 * inf = NaN, and every parameter of the block became NaN a step later.
+    Now no state or parameter is NaN, and the kernel stores the arena's bits."""
+    c, moments = coefficients("adamw", amsgrad=True), FORMATS["float8"]
+    g = torch.Generator().manual_seed(3)
+    params = [torch.randn(17 * 256 + 77, generator=g).to(DTYPES[dtype])]
+    tiny = torch.where(torch.rand(params[0].shape, generator=g) < 0.5, 1e-17, 0.0)
+    tiny[256:512] *= 1e-3  # a block whose scale underflows to zero
+    tiny[-77:] = torch.randn(77, generator=g)  # a ragged block of the usual range
+    grads = [tiny.to(DTYPES[dtype])]
+    results = []
+    for stepper in (
+        lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding="kahan", backend=LOOP),
+        lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding="kahan", random_noise=False),
+    ):
+        ps = [p.clone() for p in params]
+        states = new_states(ps, moments, "kahan", amsgrad=True)
+        for _ in range(3):
+            states[0]["step"] += 1
+            stepper(ps, grads, states, c)
+        assert ps[0].isfinite().all()
+        assert moments.for_param(ps[0]) is moments
+        for moment in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            value = torch.empty(ps[0].numel())
+            moments.load(states[0], moment, 0, value.numel(), value)
+            assert value.isfinite().all(), moment
+        results.append((ps, states))
+    equal_runs(*results)
+
+
 ISA_TARGETS = {"x86-64-v2": (), "haswell": ("avx2", "fma", "f16c")}
 """``-march`` targets whose code paths differ from an AVX-512 build's, and the CPU flags they need:
 no F16C (the scalar codes, vectorized by the compiler over SSE), AVX2 (8-lane vectors)."""

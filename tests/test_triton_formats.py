@@ -279,9 +279,10 @@ def _float8_values(kind: str, signed: bool):
     far_below = torch.randn(BLOCK, generator=gen) * 1e-30
     far_below[0] = 1.0
     blocks += [single, with_nan, with_inf, near_max, far_below]
-    # absmax so small that 1 / scale overflows (subnormal scale), and about where it starts to
-    blocks += [torch.randn(BLOCK, generator=gen) * s for s in (1e-40, 1e-38, 1e-36, 5e-36)]
-    blocks[-4][:3] = torch.tensor([0.0, -0.0, 0.0])  # 0 * inf: NaN
+    # absmax so small that 1 / scale would overflow (subnormal scale), about where it starts to, and
+    # about TINY_SCALE, where the prescale begins
+    blocks += [torch.randn(BLOCK, generator=gen) * s for s in (1e-40, 1e-38, 1e-36, 5e-36, 2.0**-56, 2.0**-55)]
+    blocks[-6][:3] = torch.tensor([0.0, -0.0, 0.0])  # zeros in a tiny block (0 * inf was NaN)
     return torch.cat([*blocks, torch.randn(37, generator=gen) * 1e-3])
 
 
@@ -303,14 +304,13 @@ def _float8_launch(values, codes, scales, *, store: bool, signed: bool) -> None:
 def _float8_case(kind: str, moment: str, device: str) -> dict:
     """The kernel's float8 store and load against :class:`BlockFloat8` (on the CPU): how many
     codes, scales and loaded values differ. Counted apart: codes of values that the scaling makes
-    NaN (``y = x * (1 / scale)``: x NaN, infinite in an infinite block, or zero in a block whose
-    ``1 / scale`` overflows), whose codes depend on the NaN's bits, which a GPU sets otherwise
-    (their block's scale is NaN, or the code stands for the block's tiny absmax, either way); and
+    NaN (``y = x * (1 / scale)``: x NaN, or infinite in an infinite block), whose codes depend on
+    the NaN's bits, which a GPU sets otherwise (their block's scale is NaN either way); and
     the loads of e4m3fn's NaN codes (0x7F, 0xFF; never stored), which Triton's interpreter decodes
     as +-480."""
     import torch
 
-    from decoupled.formats.float8 import BLOCK, BLOCKFLOAT8
+    from decoupled.formats.float8 import BLOCK, BLOCKFLOAT8, PRESCALE, TINY_SCALE
 
     signed = moment == "exp_avg"
     codes_key, scale_key = BLOCKFLOAT8.keys(moment)
@@ -330,8 +330,9 @@ def _float8_case(kind: str, moment: str, device: str) -> dict:
         scales = torch.zeros_like(ref[scale_key], device=device)
         _float8_launch(x.to(device), codes, scales, store=True, signed=signed)
         scale = ref[scale_key]
-        inv = 1 / torch.where(scale > 0, scale, 1)
-        nan = (x * inv.repeat_interleave(BLOCK)[: x.numel()]).isnan()
+        pre = torch.where(scale < TINY_SCALE, PRESCALE, 1.0)
+        inv = 1 / (torch.where(scale > 0, scale, 1) * pre)
+        nan = ((x * pre.repeat_interleave(BLOCK)[: x.numel()]) * inv.repeat_interleave(BLOCK)[: x.numel()]).isnan()
         differ = codes.cpu() != ref[codes_key]
         out.update(codes=int((differ & ~nan).sum()), nan_codes=int((differ & nan).sum()))
         out["scales"] = int((~same(scales.cpu(), scale)).sum())

@@ -11,7 +11,9 @@ parameters on its two cores a step ran at 0.88-1.01x torch's fused fp32 step
 
 Codes
     Elements in row-major order are cut into blocks of 256 (the last may be shorter). Each
-    block keeps ``scale = absmax / MAX`` (float32) and each element ``code(x * (1 / scale))``:
+    block keeps ``scale = absmax / MAX`` (float32) and each element ``code(x * (1 / scale))``
+    (below :data:`TINY_SCALE`, ``code((x * 2^64) * (1 / (scale * 2^64)))``, the same value
+    without the reciprocal's overflow):
 
     * ``exp_avg``: ``torch.float8_e4m3fn`` (sign, 4 exponent bits, 3 mantissa bits,
       subnormals; MAX = 448), its bits stored as uint8 (a float8 tensor does not survive
@@ -77,6 +79,14 @@ E4M3_MAX = 448.0
 
 E5M3_MAX = 1.875 * 2.0**15
 """The largest ``e5m3`` value (exponent 30, float16's largest)."""
+
+TINY_SCALE = 2.0**-64
+"""Blocks with a scale below this are multiplied by :data:`PRESCALE` before ``1 / (scale *
+PRESCALE)``: the plain reciprocal overflows below about 2^-128 (an absmax below about 1.3e-36,
+as the second moment of a weight without gradients for long reaches), and ``0 * inf`` stored its
+zeros as NaN. Both are exact scalings: other blocks get the bits of ``x * (1 / scale)``."""
+
+PRESCALE = 2.0**64
 
 
 def _top_byte(half: torch.Tensor) -> torch.Tensor:
@@ -173,8 +183,11 @@ class BlockFloat8(MomentFormat):
             x = value[lo - start : hi - start].to(torch.float32).reshape(-1, n)
             s = scale[lo // BLOCK : -(-hi // BLOCK)]
             torch.div(x.abs().amax(dim=1), top, out=s)
-            d = torch.where(s > 0, s, 1)  # an all-zero block multiplies by 1
-            y = x * torch.div(torch.ones_like(d), d).unsqueeze(1)  # the kernel's order: 1 / scale, then a product
+            # the kernel's order: 1 / scale, then a product; an all-zero block takes scale 1, and a
+            # tiny one (whose reciprocal would overflow) is scaled by PRESCALE first (TINY_SCALE)
+            pre = torch.where(s < TINY_SCALE, PRESCALE, 1.0)
+            d = torch.where(s > 0, s, 1) * pre
+            y = (x * pre.unsqueeze(1)) * torch.div(torch.ones_like(d), d).unsqueeze(1)
             codes[lo:hi] = to_e4m3(y.view(-1)) if self.signed(moment) else to_e5m3(y.view(-1))
 
 

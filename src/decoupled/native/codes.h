@@ -168,23 +168,35 @@ inline uint32_t absmax_bits(float x, uint32_t top) {
   return a > top ? a : top;
 }
 
-// A block's scale, absmax / MAX, and what its values are multiplied by before encoding,
-// 1 / scale (an all-zero block multiplies by 1; a multiply, not a division: the divider is the
-// step's bottleneck). `signed_` chooses e4m3fn (exp_avg) or e5m3 (second moments).
+// A block's scale, absmax / MAX, and how its values become codes: code((x * prescale) * inverse),
+// inverse = 1 / (scale * prescale), a multiply, not a division (the divider is the step's
+// bottleneck); an all-zero block takes scale 1 there. prescale is 1, or 2^64 for a scale below
+// 2^-64, whose reciprocal would overflow (absmax below about 1.3e-36: the second moment of a
+// weight that has had no gradient for long; x * inf made its zeros NaN). Both products are exact
+// scalings, so a block of the usual range gets the bits of x * (1 / scale).
+// `signed_` chooses e4m3fn (exp_avg) or e5m3 (second moments). decoupled.formats.float8 and the
+// Triton kernel compute the same.
+constexpr float TINY_SCALE = 0x1p-64f, PRESCALE = 0x1p64f;
+
 struct BlockScale {
-  float scale, inverse;
+  float scale, prescale, inverse;
 };
 
 inline BlockScale block_scale(uint32_t absmax, bool signed_) {
   const float s = float_of(absmax) / (signed_ ? E4M3_MAX : E5M3_MAX);
-  return {s, 1.0f / (s > 0.0f ? s : 1.0f)};
+  const float pre = s < TINY_SCALE ? PRESCALE : 1.0f;
+  return {s, pre, 1.0f / ((s > 0.0f ? s : 1.0f) * pre)};
 }
 
-inline void encode_block(const float* __restrict x, bool signed_, float inverse, uint8_t* __restrict codes, int n) {
-  if (signed_)
+inline void encode_block(const float* __restrict x, bool signed_, const BlockScale& b, uint8_t* __restrict codes, int n) {
+  const float pre = b.prescale, inverse = b.inverse;
+  if (pre != 1.0f) {  // rare: a tiny block
+    for (int i = 0; i < n; ++i) codes[i] = signed_ ? to_e4m3((x[i] * pre) * inverse) : to_e5m3((x[i] * pre) * inverse);
+  } else if (signed_) {
     for (int i = 0; i < n; ++i) codes[i] = to_e4m3(x[i] * inverse);
-  else
+  } else {
     for (int i = 0; i < n; ++i) codes[i] = to_e5m3(x[i] * inverse);
+  }
 }
 
 // Whole moments through float32 buffers (the float16-parameter path; fp32 and bf16 parameters
@@ -207,7 +219,7 @@ inline void store_float8(const float* __restrict x, bool signed_, uint8_t* __res
     for (int i = 0; i < m; ++i) top = absmax_bits(x[s + i], top);
     const BlockScale b = block_scale(top, signed_);
     scale[s / QBLOCK] = b.scale;
-    encode_block(x + s, signed_, b.inverse, codes + s, m);
+    encode_block(x + s, signed_, b, codes + s, m);
   }
 }
 

@@ -282,7 +282,7 @@ struct Float8Block {
   float* out[3];            // its new moments, written (float32, L1)
   uint8_t* prev_codes[3];   // the previous block's codes, written
   const float* prev[3];     // from its new moments
-  float prev_inverse[3];    // times 1 / its new scale
+  BlockScale prev_scale[3]; // and how they are encoded (prescale applied already: 1)
 };
 
 template <typename F, typename PS, int R, bool AMS, bool PLAIN, bool ENCODE>
@@ -303,7 +303,7 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
   const float* __restrict mprev = b.prev[0];
   const float* __restrict vprev = b.prev[1];
   const float* __restrict xprev = b.prev[2];
-  const float mi = b.prev_inverse[0], vi = b.prev_inverse[1], xi = b.prev_inverse[2];
+  const float mi = b.prev_scale[0].inverse, vi = b.prev_scale[1].inverse, xi = b.prev_scale[2].inverse;
   const uint32_t mask = keys.mask, key0 = keys.k[0];
   U mtop{}, vtop{}, xtop{};
   for (int i = 0; i < n; i += lanes<F>) {
@@ -430,19 +430,23 @@ void run_float8(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
       fused_float8<Lane, PS, R, AMS, PLAIN, false>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
     } else {
       for (int j = 0; j < nm && prev_n > 0; ++j)  // a short last block: the previous one first
-        encode_block(b.prev[j], j == 0, b.prev_inverse[j], b.prev_codes[j], prev_n);
+        encode_block(b.prev[j], j == 0, b.prev_scale[j], b.prev_codes[j], prev_n);
       fused_float8<float, PS, R, AMS, PLAIN, false>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
     }
     for (int j = 0; j < nm; ++j) {
-      const BlockScale s = block_scale(top[j], j == 0);
+      BlockScale s = block_scale(top[j], j == 0);
       t.scale[j][block] = s.scale;
+      if (s.prescale != 1.0f) {  // rare: a tiny block, scaled in L1 before its codes are written
+        for (int i = 0; i < n; ++i) b.out[j][i] *= s.prescale;
+        s.prescale = 1.0f;
+      }
       b.prev_codes[j] = static_cast<uint8_t*>(t.moment[j]) + at;
       b.prev[j] = b.out[j];
-      b.prev_inverse[j] = s.inverse;
+      b.prev_scale[j] = s;
     }
     prev_n = n;
   }
-  for (int j = 0; j < nm && prev_n > 0; ++j) encode_block(b.prev[j], j == 0, b.prev_inverse[j], b.prev_codes[j], prev_n);
+  for (int j = 0; j < nm && prev_n > 0; ++j) encode_block(b.prev[j], j == 0, b.prev_scale[j], b.prev_codes[j], prev_n);
 }
 
 // Elements [lo, hi) of tensor t (lo a multiple of BLOCK).

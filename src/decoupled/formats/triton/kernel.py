@@ -43,6 +43,9 @@ GROUP: tl.constexpr = tl.constexpr(4)  # consecutive elements a thread holds: on
 # the largest codes' values (decoupled.formats.float8.E4M3_MAX, E5M3_MAX)
 E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
 E5M3_MAX: tl.constexpr = tl.constexpr(61440.0)
+# decoupled.formats.float8.TINY_SCALE, PRESCALE
+TINY_SCALE: tl.constexpr = tl.constexpr(2.0**-64)
+PRESCALE: tl.constexpr = tl.constexpr(2.0**64)
 
 
 @triton.jit
@@ -120,11 +123,11 @@ def _store_moment(
     """Store fp32 ``x`` in the moment's format. Float8
     (:meth:`decoupled.formats.float8.BlockFloat8.store`, the same operations): per block (row)
     ``scale = max |x| / MAX`` (NaN if any element is), ``y = x * (1 / scale)`` (``1 / 1`` for an
-    all-zero block), and each ``y`` through float16 (round to nearest even), then to the code's 3 mantissa
-    bits (nearest even on the bits). e4m3fn (``SIGNED``): the magnitude ``min(|y|, 448) * 2^-8``
-    (a NaN takes 448, as the format's clamp of its code does) and the sign of ``y``; e5m3:
-    ``min(|y|, MAX)``, a NaN staying NaN (its code, as the format's, depends on the NaN's bits;
-    its block's scale is NaN)."""
+    all-zero block; ``(x * 2^64) * (1 / (scale * 2^64))`` below ``TINY_SCALE``), and each ``y``
+    through float16 (round to nearest even), then to the code's 3 mantissa bits (nearest even on
+    the bits). e4m3fn (``SIGNED``): the magnitude ``min(|y|, 448) * 2^-8`` (a NaN takes 448, as
+    the format's clamp of its code does) and the sign of ``y``; e5m3: ``min(|y|, MAX)``, a NaN
+    staying NaN (its code, as the format's, depends on the NaN's bits; its block's scale is NaN)."""
     if MOMENTS == 2:
         top: tl.constexpr = E4M3_MAX if SIGNED else E5M3_MAX
         magnitude = tl.abs(x)
@@ -133,8 +136,9 @@ def _store_moment(
         absmax = tl.reduce(tl.reduce(tl.reduce(magnitude, 3, _max_nan), 2, _max_nan), 0, _max_nan)  # over the row
         scale = tl.div_rn(absmax, top)
         tl.store(scale_ptr + block_ids, scale, mask=block_mask)
-        inv = tl.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.where(scale > 0, scale, 1.0))
-        y = x * inv[None, :, None, None]
+        pre = tl.where(scale < TINY_SCALE, PRESCALE, 1.0)  # a tiny block: no overflow of 1 / scale
+        inv = tl.div_rn(tl.full(scale.shape, 1.0, tl.float32), tl.where(scale > 0, scale, 1.0) * pre)
+        y = (x * pre[None, :, None, None]) * inv[None, :, None, None]
         if SIGNED:
             code = _top_byte((tl.minimum(tl.abs(y), top) * 0.00390625).to(tl.float16))
             code = code | ((y.to(tl.uint32, bitcast=True) >> 24) & 0x80)

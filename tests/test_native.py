@@ -228,15 +228,11 @@ def test_the_8bit_codes_agree_on_every_float32_input():
     assert build.kernel().code_mismatches(0, 1) == 0
 
 
-@needs_kernel
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
-def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, zero_noise, dtype):
-    """One tensor over four of the kernel's work grabs (64K elements each, a pipeline of
-    256-element blocks per grab, each block's codes written in the next block's loop), ragged at
-    the end, with amsgrad and Kahan compensation: the arena's bits."""
+def float8_runs(params, grads_of, check=lambda ps, states: None) -> list:
+    """(parameters, states) of the arena (loop backend) and of the kernel, each stepping copies
+    of ``params`` three times with 8-bit moments, amsgrad and Kahan compensation;
+    ``grads_of(ps, t)``: step t's gradients; ``check(ps, states)`` after each run."""
     c, moments = coefficients("adamw", amsgrad=True), FORMATS["float8"]
-    g = torch.Generator().manual_seed(7)
-    params = [torch.randn(3 * 65536 + 1000 + 37, generator=g).to(DTYPES[dtype])]
     results = []
     for stepper in (
         lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding="kahan", backend=LOOP),
@@ -247,9 +243,21 @@ def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, 
         for t in range(3):
             for s in states:
                 s["step"] += 1
-            stepper(ps, grads_like(ps, t), states, c)
+            stepper(ps, grads_of(ps, t), states, c)
+        check(ps, states)
         results.append((ps, states))
-    equal_runs(*results)
+    return results
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, zero_noise, dtype):
+    """One tensor over four of the kernel's work grabs (64K elements each, a pipeline of
+    256-element blocks per grab, each block's codes written in the next block's loop), ragged at
+    the end, with amsgrad and Kahan compensation: the arena's bits."""
+    g = torch.Generator().manual_seed(7)
+    params = [torch.randn(3 * 65536 + 1000 + 37, generator=g).to(DTYPES[dtype])]
+    equal_runs(*float8_runs(params, grads_like))
 
 
 @needs_kernel
@@ -257,33 +265,25 @@ def test_the_8bit_pipeline_across_work_grabs_stores_the_arenas_bits(exact_sqrt, 
 def test_8bit_blocks_of_tiny_moments_stay_finite_and_store_the_arenas_bits(exact_sqrt, zero_noise, dtype):
     """Gradients of 1e-17 and zeros (a weight that barely gets a gradient): the second moments'
     blocks have an absmax near 1e-37, a float32-subnormal scale whose reciprocal overflows; their
-    zeros were stored as 0 * inf = NaN, and every parameter of the block became NaN a step later.
-    Now no state or parameter is NaN, and the kernel stores the arena's bits."""
-    c, moments = coefficients("adamw", amsgrad=True), FORMATS["float8"]
+    nonzero values were stored as the block's maximum and their zeros as NaN (the format path).
+    Now every state and parameter is finite, and the kernel stores the arena's bits."""
+    moments = FORMATS["float8"]
     g = torch.Generator().manual_seed(3)
     params = [torch.randn(17 * 256 + 77, generator=g).to(DTYPES[dtype])]
     tiny = torch.where(torch.rand(params[0].shape, generator=g) < 0.5, 1e-17, 0.0)
     tiny[256:512] *= 1e-3  # a block whose scale underflows to zero
     tiny[-77:] = torch.randn(77, generator=g)  # a ragged block of the usual range
     grads = [tiny.to(DTYPES[dtype])]
-    results = []
-    for stepper in (
-        lambda p, g, s, c: arena.run(p, g, s, c, moments=moments, rounding="kahan", backend=LOOP),
-        lambda p, g, s, c: native.step(p, g, s, c, moments=moments, rounding="kahan", random_noise=False),
-    ):
-        ps = [p.clone() for p in params]
-        states = new_states(ps, moments, "kahan", amsgrad=True)
-        for _ in range(3):
-            states[0]["step"] += 1
-            stepper(ps, grads, states, c)
+
+    def finite(ps, states):
         assert ps[0].isfinite().all()
         assert moments.for_param(ps[0]) is moments
         for moment in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             value = torch.empty(ps[0].numel())
             moments.load(states[0], moment, 0, value.numel(), value)
             assert value.isfinite().all(), moment
-        results.append((ps, states))
-    equal_runs(*results)
+
+    equal_runs(*float8_runs(params, lambda ps, t: grads, finite))
 
 
 ISA_TARGETS = {"x86-64-v2": (), "haswell": ("avx2", "fma", "f16c")}

@@ -107,6 +107,28 @@ def test_unsupported_combinations_fail_before_anything_changes(dtype, kwargs, ma
     assert not opt.state  # no state was created for the good group either
 
 
+def test_one_group_of_several_kinds_gets_each_parameters_format_and_names_the_bad_one():
+    """The step checks a group's parameters once per kind (type, dtype, the format a parameter
+    gets): a large and a small tensor of one dtype still get 8-bit and fp32 state, and a bad
+    parameter after good ones of the same group is the one named."""
+    from decoupled import step
+    from decoupled.formats.blockwise8 import MIN_NUMEL
+
+    big, small, also_big = (torch.randn(n, requires_grad=True) for n in (MIN_NUMEL, 10, MIN_NUMEL + 300))
+    opt = decoupled.AdamW([big, small, also_big], moments="8bit")
+    set_grads([big, small, also_big], 0)
+    plan = step.plan(opt.param_groups[0], 0, "auto")
+    ids = lambda ps: [id(p) for p in ps]  # noqa: E731
+    assert ids(plan.formatted) == ids([big, also_big]) and ids(plan.plain) == ids([small])  # small: torch's state
+    opt.step()
+    assert ["exp_avg_e4m3" in opt.state[p] for p in (big, small, also_big)] == [True, False, True]
+    bad = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    opt = decoupled.AdamW([big, small, bad], moments="bf16")
+    set_grads([big, small, bad], 1)
+    with pytest.raises(ValueError, match=r"parameter 2 of param group 0: .*need real parameters"):
+        opt.step()
+
+
 # ---- the executor --------------------------------------------------------------------------
 
 

@@ -101,23 +101,32 @@ def plan(group: dict[str, Any], index: int, asked: str, owner: str = "AdamW") ->
     out = Plan(group, c)
     names = group.get("param_names")
     has_format = "moments" in group or "param_rounding" in group
+    fmt = formats.options(group)[0] if has_format else None
+    # whether a parameter is formatted, and why its format cannot hold it, depend only on its
+    # type, dtype and the format it gets (which may depend on its size): checked once per kind
+    verdicts: dict[tuple[type, torch.dtype, int], tuple[bool, str | None]] = {}
+
+    def what(j: int) -> str:
+        return f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
+
     for j, p in enumerate(group["params"]):
         grad = p.grad
         if grad is None:
             continue
-        what = f"parameter {names[j]!r}" if names else f"parameter {j} of param group {index}"
         if grad.is_sparse:
             raise RuntimeError(
-                f"{owner} does not support sparse gradients ({what}, shape {tuple(p.shape)}). Use "
+                f"{owner} does not support sparse gradients ({what(j)}, shape {tuple(p.shape)}). Use "
                 f"torch.optim.SparseAdam for that parameter, or build the embedding with sparse=False."
             )
-        if has_format and formats.is_formatted(group, p):
-            reason = formats.unsupported_reason(group, p)
+        formatted = False
+        if fmt is not None:
+            key = (type(p), p.dtype, id(fmt.for_param(p)))
+            if key not in verdicts:
+                verdicts[key] = (formats.is_formatted(group, p), formats.unsupported_reason(group, p))
+            formatted, reason = verdicts[key]
             if reason is not None:
-                raise ValueError(f"{what}: {reason}")
-            out.formatted.append(p)
-        else:
-            out.plain.append(p)
+                raise ValueError(f"{what(j)}: {reason}")
+        (out.formatted if formatted else out.plain).append(p)
     options = dict(differentiable=bool(group["differentiable"]), cautious=c.cautious)
     if out.plain:
         out.backend = _resolve(asked, backends.kinds_of(sharded.local(p) for p in out.plain), **options)

@@ -18,6 +18,8 @@ import functools
 import itertools
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -284,6 +286,19 @@ def test_8bit_blocks_of_tiny_moments_stay_finite_and_store_the_arenas_bits(exact
             assert value.isfinite().all(), moment
 
     equal_runs(*float8_runs(params, lambda ps, t: grads, finite))
+
+
+@needs_kernel
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 prefetch instructions")
+def test_the_8bit_loop_keeps_its_software_prefetch():
+    """GCC 12 drops the calls of a function it finds free of side effects, and counts
+    __builtin_prefetch as one: it silently removed the first version of the 8-bit loop's prefetch
+    (kernel.cpp, `prefetch`). The built kernel holds prefetch instructions."""
+    code = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", build.kernel().__file__], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"\tprefetch(w|t0)\s", code), "no prefetch instruction in the built kernel"
 
 
 ISA_TARGETS = {"x86-64-v2": (), "haswell": ("avx2", "fma", "f16c")}

@@ -101,7 +101,8 @@ def plan(group: dict[str, Any], index: int, asked: str, owner: str = "AdamW") ->
     out = Plan(group, c)
     names = group.get("param_names")
     has_format = "moments" in group or "param_rounding" in group
-    fmt = formats.options(group)[0] if has_format else None
+    moments, rounding = formats.options(group)
+    fmt = moments if has_format else None
     # whether a parameter is formatted, and why its format cannot hold it, depend only on its
     # type, dtype and the format it gets (which may depend on its size): checked once per kind
     verdicts: dict[tuple[type, torch.dtype, int], tuple[bool, str | None]] = {}
@@ -131,7 +132,6 @@ def plan(group: dict[str, Any], index: int, asked: str, owner: str = "AdamW") ->
     if out.plain:
         out.backend = _resolve(asked, backends.kinds_of(sharded.local(p) for p in out.plain), **options)
     if out.formatted:
-        moments, rounding = formats.options(group)
         kinds = backends.kinds_of(sharded.local(p) for p in out.formatted)
         executor_asked = "auto" if asked == TORCH_DEFAULT else asked
         out.executor, out.inner = formats.choose_executor(executor_asked, moments, rounding, kinds, cautious=c.cautious)

@@ -84,8 +84,9 @@ E5M3_MAX = 1.875 * 2.0**15
 TINY_SCALE = 2.0**-64
 """Blocks with a scale below this are multiplied by :data:`PRESCALE` before ``1 / (scale *
 PRESCALE)``: the plain reciprocal overflows below about 2^-128 (an absmax below about 1.3e-36,
-as the second moment of a weight without gradients for long reaches), and ``0 * inf`` stored its
-zeros as NaN. Both are exact scalings: other blocks get the bits of ``x * (1 / scale)``."""
+as the second moment of a weight without gradients for long reaches): ``x * inf`` stored every
+nonzero value as the block's maximum and every zero as NaN. Both are exact scalings: other blocks
+get the bits of ``x * (1 / scale)``."""
 
 PRESCALE = 2.0**64
 

@@ -169,8 +169,8 @@ inline uint32_t absmax_bits(float x, uint32_t top) {
 }
 
 // A block's scale, absmax / MAX, and how its values become codes: code((x * prescale) * inverse),
-// inverse = 1 / (scale * prescale), a multiply, not a division (the divider is the step's
-// bottleneck); an all-zero block takes scale 1 there. prescale is 1, or 2^64 for a scale below
+// inverse = 1 / (scale * prescale), one division per block and a multiply per element; an
+// all-zero block takes scale 1 there. prescale is 1, or 2^64 for a scale below
 // 2^-64, whose reciprocal would overflow (absmax below about 1.3e-36: the second moment of a
 // weight that has had no gradient for long; x * inf made its zeros NaN). Both products are exact
 // scalings, so a block of the usual range gets the bits of x * (1 / scale).
@@ -189,14 +189,10 @@ inline BlockScale block_scale(uint32_t absmax, bool signed_) {
 }
 
 inline void encode_block(const float* __restrict x, bool signed_, const BlockScale& b, uint8_t* __restrict codes, int n) {
-  const float pre = b.prescale, inverse = b.inverse;
-  if (pre != 1.0f) {  // rare: a tiny block
-    for (int i = 0; i < n; ++i) codes[i] = signed_ ? to_e4m3((x[i] * pre) * inverse) : to_e5m3((x[i] * pre) * inverse);
-  } else if (signed_) {
-    for (int i = 0; i < n; ++i) codes[i] = to_e4m3(x[i] * inverse);
-  } else {
-    for (int i = 0; i < n; ++i) codes[i] = to_e5m3(x[i] * inverse);
-  }
+  if (signed_)
+    for (int i = 0; i < n; ++i) codes[i] = to_e4m3((x[i] * b.prescale) * b.inverse);
+  else
+    for (int i = 0; i < n; ++i) codes[i] = to_e5m3((x[i] * b.prescale) * b.inverse);
 }
 
 // Whole moments through float32 buffers (the float16-parameter path; fp32 and bf16 parameters

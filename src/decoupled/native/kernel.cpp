@@ -410,7 +410,7 @@ void run_chunk(const Call& call, const Tensor& t, int64_t lo) {
       half_to_float(static_cast<const Half*>(t.moment[j]) + lo, buf[2 + j], n);
       mom[j] = buf[2 + j];
     } else {
-      mom[j] = static_cast<char*>(t.moment[j]) + lo * (kind == M_F32 ? 4 : 2);
+      mom[j] = static_cast<char*>(t.moment[j]) + lo * moment_bytes(kind);
     }
   }
   fused<PS, R, S, AMS, PLAIN>(n, uint32_t(lo), pp, cp, gp, mom[0], mom[1], mom[2], rule_of(call.k), t.step_size, t.bc2_sqrt,

@@ -13,8 +13,8 @@ Why this way (measured on the project's 2-core AMD EPYC, Zen 4 with AVX-512, g++
   a trivial extension built in 6 s that way against 28 s including ``torch/extension.h``
   (which ``at::vec::Vectorized`` needs, with per-ISA builds and a dispatcher).
 * Plain loops left to the compiler step the fp32 rule at 0.41 ns per element on one core
-  (256K parameters; 0.46 built for AVX2) against 0.63 ns for torch's own ``at::vec`` fused
-  kernel (1M parameters, through Python), so ``at::vec`` would not be faster; the loops must
+  of the 2-core AMD EPYC (256K parameters; 0.46 built for AVX2) against 0.63 ns for torch's
+  own ``at::vec`` fused kernel (1M parameters, through Python), so ``at::vec`` would not be faster; the loops must
   avoid what GCC 12 does not vectorize (selects on a scalar bool, masked loads of
   coefficients: see ``update`` in kernel.cpp).
 * The 8-bit loop alone is written with explicit vectors (``simd.h``: GCC vector extensions,

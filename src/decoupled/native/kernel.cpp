@@ -331,41 +331,60 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 }
 
 // ---- software prefetch --------------------------------------------------------------------------
-// The 8-bit loop first asks for the cache lines of the elements PREFETCH_AHEAD ahead, in every
-// array of the tensor: the hardware prefetchers alone left a core waiting for memory between its
-// compute-heavy blocks (2-core Intel Xeon, 64M parameters, 2 threads, ns per element: 0.71 -> 0.52;
-// benchmarks/kernel_micro.py --elements 64M --threads 2 --flags=-DDECOUPLED_PREFETCH=0 against the
-// default). The dense loops, near the memory bound, ran slower with it (fp32 0.57 -> 0.72).
+// Two distances, each measured on the 2-core Intel Xeon at 64M parameters, 2 threads, ns per
+// element (benchmarks/kernel_micro.py --elements 64M --threads 2, with -DDECOUPLED_PREFETCH=0 or
+// -DDECOUPLED_PAGE_AHEAD=0 against the default; benchmarks/RESULTS.md):
+// - The 8-bit loop asks for every cache line of the elements PREFETCH_AHEAD ahead, in every
+//   array, once per 256-element block: the hardware prefetchers alone left a core waiting for
+//   memory between its compute-heavy blocks (0.71 -> 0.52).
+// - The dense loops ask for one line of each array PAGE_AHEAD elements ahead, once per 1024-element
+//   chunk: each array's next 4 KiB page is then mapped (TLB) and its first line on the way before
+//   the loop reaches it, where the hardware prefetchers stop at page boundaries (bf16 moments
+//   0.595 -> 0.553, stochastic 0.607 -> 0.565; fp32 and Kahan within 1%). Every line, as in the
+//   8-bit loop, made them slower (fp32 0.57 -> 0.72): near the memory bound, the requests compete.
 
 #ifndef DECOUPLED_PREFETCH
 #define DECOUPLED_PREFETCH 1024
 #endif
+#ifndef DECOUPLED_PAGE_AHEAD
+#define DECOUPLED_PAGE_AHEAD 2048
+#endif
 constexpr int64_t PREFETCH_AHEAD = DECOUPLED_PREFETCH;  // elements (0: none)
+constexpr int64_t PAGE_AHEAD = DECOUPLED_PAGE_AHEAD;    // elements (0: none)
 
 inline int64_t moment_bytes(int kind) { return kind == M_F32 ? 4 : (kind == M_TREE || kind == M_FLOAT8) ? 1 : 2; }
 
-template <int WRITE>
-inline void prefetch_lines(const void* p, int64_t offset, int64_t lines) {
-  for (int64_t k = 0; k < lines; ++k) __builtin_prefetch(static_cast<const char*>(p) + offset + 64 * k, WRITE, 3);
+// f(array, bytes per element, written) for each array of tensor t
+template <typename Fn>
+inline void for_each_array(const Call& call, const Tensor& t, Fn f) {
+  const int64_t ps = call.param_type == P_F32 ? 4 : 2;
+  f(t.grad, ps, false);
+  f(t.param, ps, true);
+  if (t.comp != nullptr) f(t.comp, ps, true);
+  for (int j = 0; j < call.n_moments; ++j) f(t.moment[j], moment_bytes(call.kind[j]), true);
 }
 
-// The cache lines of elements [at, at + n) of tensor t's arrays, if they lie below `hi`, a few
-// lines of each array at a time.
-inline void prefetch(const Call& call, const Tensor& t, int64_t at, int64_t n, int64_t hi) {
+// `lines` cache lines from byte `offset` of array p
+inline void prefetch_lines(const void* p, int64_t offset, int64_t lines, bool written) {
   // GCC 12 counts __builtin_prefetch as free of side effects, finds this function so, and drops
   // its calls: the empty volatile asm keeps them (no instruction; not a memory barrier).
   asm volatile("");
+  const char* at = static_cast<const char*>(p) + offset;
+  for (int64_t k = 0; k < lines; ++k) written ? __builtin_prefetch(at + 64 * k, 1, 3) : __builtin_prefetch(at + 64 * k, 0, 3);
+}
+
+// The cache lines of elements [at, at + n) of tensor t's arrays, if they lie below `hi`, a few
+// lines of each array at a time (the 8-bit loop).
+inline void prefetch(const Call& call, const Tensor& t, int64_t at, int64_t n, int64_t hi) {
   if (PREFETCH_AHEAD == 0 || at + n > hi) return;
-  const int64_t ps = call.param_type == P_F32 ? 4 : 2;
-  for (int64_t e = at; e < at + n; e += 64) {  // 64 elements: a line of 8-bit codes, 2 of bf16, 4 of float32
-    prefetch_lines<0>(t.grad, e * ps, ps);
-    prefetch_lines<1>(t.param, e * ps, ps);
-    if (t.comp != nullptr) prefetch_lines<1>(t.comp, e * ps, ps);
-    for (int j = 0; j < call.n_moments; ++j) {
-      const int64_t ms = moment_bytes(call.kind[j]);
-      prefetch_lines<1>(t.moment[j], e * ms, ms);
-    }
-  }
+  for (int64_t e = at; e < at + n; e += 64)  // 64 elements: a line of 8-bit codes, 2 of bf16, 4 of float32
+    for_each_array(call, t, [e](const void* p, int64_t bytes, bool written) { prefetch_lines(p, e * bytes, bytes, written); });
+}
+
+// The line of element `at` in each of tensor t's arrays, if below `hi` (the dense loops).
+inline void prefetch_page(const Call& call, const Tensor& t, int64_t at, int64_t hi) {
+  if (PAGE_AHEAD == 0 || at >= hi) return;
+  for_each_array(call, t, [at](const void* p, int64_t bytes, bool written) { prefetch_lines(p, at * bytes, 1, written); });
 }
 
 // ---- one chunk of one tensor --------------------------------------------------------------------
@@ -495,7 +514,10 @@ void run_piece(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
     if (call.kind[0] == M_FLOAT8 && call.param_type != P_F16)
       return run_float8<PS, R, AMS, PLAIN>(call, t, lo, hi);
   }
-  for (int64_t at = lo; at < hi; at += BLOCK) run_chunk<PS, R, S, AMS, PLAIN>(call, t, at);
+  for (int64_t at = lo; at < hi; at += BLOCK) {
+    prefetch_page(call, t, at + PAGE_AHEAD, hi);
+    run_chunk<PS, R, S, AMS, PLAIN>(call, t, at);
+  }
 }
 
 constexpr int64_t GRAB = 64;  // chunks a thread takes at a time (64K elements)

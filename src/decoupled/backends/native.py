@@ -82,7 +82,7 @@ def step(
         dense = _dense_alike(tensors)
         call = calls[tensors[0].dtype]
         moments = [(t, None) for t in tensors[2:]]
-        call.add(i, tensors[0], tensors[1], None, moments, float(state_steps[i]), c, in_place=dense)
+        call.add(i, tensors[0], tensors[1], None, moments, float(state_steps[i]), in_place=dense)
     for dtype, call in calls.items():
         call.run(module, dtype, (KINDS[dtype],) * n_moments, "nearest", c, 0, False, [0, 0, 0] * n_moments)
 

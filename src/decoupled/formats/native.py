@@ -16,8 +16,8 @@ those stores land on the same one of the two bf16 neighbours only by chance.
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -91,10 +91,39 @@ def tables(signed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _checked(state: dict, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
     t = state.get(key)
-    if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.numel() != numel or t.device.type != "cpu":
-        got = f"{t.dtype} with {t.numel()} elements on {t.device}" if isinstance(t, torch.Tensor) else repr(t)
-        raise ValueError(f"state[{key!r}] must be a CPU {dtype} tensor of {numel} elements for this format, got {got}")
-    return t
+    if isinstance(t, torch.Tensor) and t.dtype == dtype and t.is_cpu and t.numel() == numel:
+        return t
+    got = f"{t.dtype} with {t.numel()} elements on {t.device}" if isinstance(t, torch.Tensor) else repr(t)
+    raise ValueError(f"state[{key!r}] must be a CPU {dtype} tensor of {numel} elements for this format, got {got}")
+
+
+class Layout(NamedTuple):
+    """How the state of one kind of parameter (its dtype, and the format it gets) is stored, as
+    the kernel takes it: the moment kind, per moment the state key of its stored values, their
+    dtype and the key of its block scales (None for dense moments), whether a Kahan buffer is
+    kept, and whether a store rounds stochastically."""
+
+    kind: int
+    moments: tuple[tuple[str, torch.dtype, str | None], ...]
+    kahan: bool
+    stochastic: bool
+
+
+def layout(fmt: MomentFormat, param: torch.Tensor, names: Sequence[str], rounding: str) -> Layout:
+    """The :class:`Layout` of parameters like ``param`` whose moments ``names`` are stored in ``fmt``."""
+    kind = moment_kind(fmt, param)
+    if kind is None or param.dtype not in PARAM_TYPES:
+        raise ValueError(params_reason(fmt, rounding, [param]))
+    stored: list[tuple[str, torch.dtype, str | None]] = []
+    for name in names:
+        if kind in (TREE, FLOAT8):
+            codes, scale = fmt.keys(name)
+            stored.append((codes, fmt.code_dtype(name) if kind == FLOAT8 else torch.uint8, scale))  # type: ignore[attr-defined]
+        else:
+            stored.append((name, fmt.dtype_for(param), None))  # type: ignore[attr-defined]
+    low = is_low_precision(param)
+    stochastic = kind == BF16_STOCHASTIC or (rounding == "stochastic" and param.dtype == torch.bfloat16)
+    return Layout(kind, tuple(stored), rounding == "kahan" and low, stochastic)
 
 
 def step(
@@ -115,38 +144,35 @@ def step(
     if module is None:
         raise RuntimeError(native.unavailable_reason())
     names = MOMENT_NAMES[: 3 if c.amsgrad else 2]
-    calls: dict[tuple[torch.dtype, tuple[int, ...]], native.Call] = defaultdict(lambda: native.Call(len(names)))
+    calls: dict[tuple[torch.dtype, int], native.Call] = {}  # per (dtype, moment kind)
+    layouts: dict[tuple[torch.dtype, int], Layout] = {}  # per (dtype, id of the format): checked once
     stochastic = False
     for i, p in enumerate(params):
         n = p.numel()
         if n == 0:
             continue
         fmt = moments.for_param(p)
-        kind = moment_kind(fmt, p)
-        if kind is None or p.dtype not in PARAM_TYPES:
-            raise ValueError(params_reason(moments, rounding, [p]))
+        how = layouts.get((p.dtype, id(fmt)))
+        if how is None:
+            how = layouts[(p.dtype, id(fmt))] = layout(fmt, p, names, rounding)
         state = states[i]
-        stored: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for name in names:
-            if kind in (TREE, FLOAT8):
-                codes, scale = fmt.keys(name)
-                dtype = fmt.code_dtype(name) if kind == FLOAT8 else torch.uint8  # type: ignore[attr-defined]
-                stored.append((_checked(state, codes, dtype, n), _checked(state, scale, torch.float32, -(-n // 256))))
-            else:
-                stored.append((_checked(state, name, fmt.dtype_for(p), n), None))  # type: ignore[attr-defined]
-        comp = None
-        if rounding == "kahan" and is_low_precision(p) and COMPENSATION_KEY in state:
-            comp = _checked(state, COMPENSATION_KEY, p.dtype, n)
-        stochastic |= kind == BF16_STOCHASTIC or (rounding == "stochastic" and p.dtype == torch.bfloat16)
-        kinds = (kind,) * len(names)
-        calls[(p.dtype, kinds)].add(i, p, grads[i], comp, stored, float(state["step"]), c)
+        stored = [
+            (_checked(state, key, dtype, n), _checked(state, scale, torch.float32, -(-n // 256)) if scale else None)
+            for key, dtype, scale in how.moments
+        ]
+        comp = _checked(state, COMPENSATION_KEY, p.dtype, n) if how.kahan and COMPENSATION_KEY in state else None
+        call = calls.get((p.dtype, how.kind))
+        if call is None:
+            call = calls[(p.dtype, how.kind)] = native.Call(len(names))
+        call.add(i, p, grads[i], comp, stored, float(state["step"]))
+        stochastic |= how.stochastic
     seed = native.draw_seed() if stochastic else 0
-    for (dtype, kinds), call in calls.items():
+    for (dtype, kind), call in calls.items():
         table_ptrs: list[int] = []
-        for j, kind in enumerate(kinds):
-            book = tables(MOMENT_NAMES[j] in SIGNED_MOMENTS) if kind == TREE else None
+        for name in names:
+            book = tables(name in SIGNED_MOMENTS) if kind == TREE else None
             table_ptrs += [t.data_ptr() for t in book] if book else [0, 0, 0]
-        call.run(module, dtype, kinds, rounding, c, seed, random_noise, table_ptrs)
+        call.run(module, dtype, (kind,) * len(names), rounding, c, seed, random_noise, table_ptrs)
 
 
 EXECUTOR = Executor(

@@ -31,49 +31,62 @@ def draw_seed() -> int:
 
 
 class Call:
-    """The pointer lists of one kernel call (tensors of one parameter dtype and moment kind).
+    """One kernel call (tensors of one group, parameter dtype and moment kind): the tensors are
+    gathered by :meth:`add`, one at a time, and turned into the kernel's pointer lists by
+    :meth:`run`, one list at a time (a step of GPT-2's 148 tensors spends its Python time here).
 
-    Tensors that are not contiguous go through contiguous copies, written back by :meth:`finish`."""
+    Tensors that are not contiguous go through contiguous copies, written back after the call."""
 
     def __init__(self, n_moments: int) -> None:
-        self.params: list[int] = []
-        self.grads: list[int] = []
-        self.comps: list[int] = []
-        self.moments: list[list[int]] = [[] for _ in range(n_moments)]
-        self.scales: list[list[int]] = [[] for _ in range(n_moments)]
-        self.numels: list[int] = []
         self.ids: list[int] = []
-        self.step_sizes: list[float] = []
-        self.bc2_sqrts: list[float] = []
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self.comps: list[torch.Tensor | None] = []
+        self.moments: list[list[torch.Tensor]] = [[] for _ in range(n_moments)]
+        self.scales: list[list[torch.Tensor | None]] = [[] for _ in range(n_moments)]
+        self.steps: list[float] = []
+        self.in_place: list[bool] = []
         self.keep: list[torch.Tensor] = []  # contiguous copies, alive until the kernel returns
         self.write_back: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def flat(self, t: torch.Tensor, written: bool = True, in_place: bool = False) -> int:
-        """The address of ``t``'s elements in row-major order (a contiguous copy if needed), or
-        with ``in_place`` of its memory as it is (the caller checked that the tensors of one
-        parameter share a dense layout)."""
-        if not (in_place or t.is_contiguous()):
-            work = t.contiguous()
-            self.keep.append(work)
-            if written:
-                self.write_back.append((t, work))
-            t = work
-        return t.data_ptr()
-
-    def add(self, index: int, param, grad, comp, moments: list, step: float, c, *, in_place: bool = False) -> None:
+    def add(self, index: int, param, grad, comp, moments: list, step: float, *, in_place: bool = False) -> None:
         """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
-        as (stored, block scales or None), step count and the group's coefficients."""
-        self.params.append(self.flat(param, in_place=in_place))
-        self.grads.append(self.flat(grad, written=False, in_place=in_place))
-        self.comps.append(self.flat(comp) if comp is not None else 0)
-        for j, (stored, scale) in enumerate(moments):
-            self.moments[j].append(self.flat(stored, in_place=in_place))
-            self.scales[j].append(self.flat(scale) if scale is not None else 0)
-        self.numels.append(param.numel())
+        as (stored, block scales or None) and step count; with ``in_place``, its tensors are taken
+        in memory order as they are (the caller checked that they share one dense layout)."""
         self.ids.append(index)
-        step_size, bc2_sqrt = step_coefficients(c, step)
-        self.step_sizes.append(float(step_size))
-        self.bc2_sqrts.append(float(bc2_sqrt))
+        self.params.append(param)
+        self.grads.append(grad)
+        self.comps.append(comp)
+        for j, (stored, scale) in enumerate(moments):
+            self.moments[j].append(stored)
+            self.scales[j].append(scale)
+        self.steps.append(step)
+        self.in_place.append(in_place)
+
+    def _flat(self, t: torch.Tensor | None, written: bool = True, in_place: bool = False) -> int:
+        """The address of ``t``'s elements in row-major order (a contiguous copy if needed; 0 for
+        None), or with ``in_place`` of its memory as it is."""
+        if t is None:
+            return 0
+        if in_place or t.is_contiguous():
+            return t.data_ptr()
+        work = t.contiguous()
+        self.keep.append(work)
+        if written:
+            self.write_back.append((t, work))
+        return work.data_ptr()
+
+    def _pointers(self, tensors: list, written: bool = True) -> list[int]:
+        flat = self._flat
+        return [flat(t, written, d) for t, d in zip(tensors, self.in_place)]
+
+    def _step_coefficients(self, c: GroupCoefficients) -> tuple[list[float], list[float]]:
+        """Per tensor, (-lr / (1 - beta1^t), sqrt(1 - beta2^t)), computed once per step count."""
+        by_step = {}
+        for step in set(self.steps):  # the tensors of a group mostly share their step count
+            step_size, bc2_sqrt = step_coefficients(c, step)
+            by_step[step] = (float(step_size), float(bc2_sqrt))
+        return [by_step[s][0] for s in self.steps], [by_step[s][1] for s in self.steps]
 
     def run(
         self, module, dtype, kinds, rounding, c: GroupCoefficients, seed: int, noise: bool, table_ptrs: list[int]
@@ -82,19 +95,20 @@ class Call:
         tables and values, zeros for the other kinds)."""
         if not self.params:
             return
+        step_sizes, bc2_sqrts = self._step_coefficients(c)
         module.step(
             PARAM_TYPES[dtype],
             ROUNDING_CODES[rounding],
             list(kinds),
-            self.params,
-            self.grads,
-            self.comps,
-            self.moments,
-            self.scales,
-            self.numels,
+            self._pointers(self.params),
+            self._pointers(self.grads, written=False),
+            [self._flat(t) for t in self.comps],
+            [self._pointers(m) for m in self.moments],
+            [[self._flat(t) for t in s] for s in self.scales],
+            [t.numel() for t in self.params],
             self.ids,
-            self.step_sizes,
-            self.bc2_sqrts,
+            step_sizes,
+            bc2_sqrts,
             [c.beta1, c.beta2, c.eps, c.decay_factor, c.l2],
             [c.maximize, c.coupled, c.decays, c.cautious, c.amsgrad],
             seed,

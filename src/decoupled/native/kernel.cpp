@@ -340,8 +340,11 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 // - The dense loops ask for one line of each array PAGE_AHEAD elements ahead, once per 1024-element
 //   chunk: each array's next 4 KiB page is then mapped (TLB) and its first line on the way before
 //   the loop reaches it, where the hardware prefetchers stop at page boundaries (bf16 moments
-//   0.595 -> 0.553, stochastic 0.607 -> 0.565; fp32 and Kahan within 1%). Every line, as in the
-//   8-bit loop, made them slower (fp32 0.57 -> 0.72): near the memory bound, the requests compete.
+//   0.595 -> 0.553, stochastic 0.607 -> 0.565; Kahan within 1%). Not for float32 parameters with
+//   float32 moments: that loop moves torch's bytes at torch's speed without it, and with 2 MiB
+//   pages (transparent huge pages) it was slower with it (0.61 -> 0.67-0.72). Every line, as in
+//   the 8-bit loop, made the dense loops slower (fp32 0.57 -> 0.72): near the memory bound, the
+//   requests compete.
 
 #ifndef DECOUPLED_PREFETCH
 #define DECOUPLED_PREFETCH 1024
@@ -514,8 +517,9 @@ void run_piece(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
     if (call.kind[0] == M_FLOAT8 && call.param_type != P_F16)
       return run_float8<PS, R, AMS, PLAIN>(call, t, lo, hi);
   }
+  const bool pages = !(call.param_type == P_F32 && call.kind[0] == M_F32);  // (above)
   for (int64_t at = lo; at < hi; at += BLOCK) {
-    prefetch_page(call, t, at + PAGE_AHEAD, hi);
+    if (pages) prefetch_page(call, t, at + PAGE_AHEAD, hi);
     run_chunk<PS, R, S, AMS, PLAIN>(call, t, at);
   }
 }

@@ -51,6 +51,27 @@ def test_files_and_record(result):
     assert bw["before"]["copy_gbs"] > 0 and bw["before"]["triad_gbs"] > 0 and bw["bound_gbs"] > 0
 
 
+def test_the_memory_page_setting_is_recorded(result, monkeypatch):
+    """2 MiB pages change every CPU step's speed (machine.huge_pages), so the record and the
+    report say what this run had."""
+    import os
+    from pathlib import Path
+
+    from decoupled.bench import machine
+
+    hp = result["machine"]["huge_pages"]
+    asked = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    assert hp["torch_allocator"] is asked
+    if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():
+        assert hp["system"] in ("always", "madvise", "never")
+    line = next(
+        x for x in (Path(result["_out"]) / "results.md").read_text().splitlines() if x.startswith("Memory pages")
+    )
+    assert f"`{hp['system']}`" in line and ("asks for them" if asked else "does not ask") in line
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0" if asked else "1")
+    assert machine.huge_pages()["torch_allocator"] is not asked
+
+
 def test_the_native_kernel_build_is_recorded(result):
     """The quick run steps the formats on CPU, so the kernel is loaded: its flags and the width
     of its 8-bit loop's vectors are in the record and the report."""

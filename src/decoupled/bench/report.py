@@ -130,6 +130,12 @@ def _title(case: tuple) -> str:
     return f"{size} parameters ({numel:,}), {what}, {dtype}"
 
 
+def _pages(hp: dict) -> str:
+    """The report's line on memory pages (machine.huge_pages)."""
+    asks = "asks for them (THP_MEM_ALLOC_ENABLE=1)" if hp["torch_allocator"] else "does not ask for them"
+    return f"Memory pages: transparent huge pages `{hp['system']}`; torch's allocator {asks}."
+
+
 def markdown(result: dict) -> str:
     m, bw = result["machine"], result["bandwidth"]
     lines = [
@@ -139,6 +145,7 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['nproc']} cores, {m.get('memory_gib', {}).get('MemTotal', '?')} GiB, "
         f"caches {m.get('caches')}; device {m['device']}" + (f" ({m['gpu']['name']})" if "gpu" in m else "") + ".",
+        *([_pages(hp)] if (hp := m.get("huge_pages")) else []),
         f"Software: Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v and k != "torch")
         + f"; decoupled commit {m.get('decoupled_commit')}.",

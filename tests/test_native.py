@@ -173,6 +173,40 @@ def test_kernel_stores_the_arenas_bits(exact_sqrt, zero_noise, fmt, rounding, am
 
 
 @needs_kernel
+@pytest.mark.parametrize("fmt", ["bf16", "float8"])
+def test_tensors_at_different_step_counts_take_their_own_bias_corrections(exact_sqrt, zero_noise, fmt):
+    """One call steps tensors whose step counts differ (a parameter that had no gradient for a
+    while lags behind): each takes the bias corrections of its own count (the executor computes
+    them once per distinct count)."""
+    moments, c = FORMATS[fmt], coefficients("adamw")
+
+    def lagging_states():
+        states = new_states(params_like(torch.float32), moments, "nearest", amsgrad=False)
+        for s, start in zip(states, (0, 7, 0, 250, 7, 0)):
+            s["step"] += start
+        return states
+
+    def stepper(executor, **options):
+        return lambda p, g, s, c: executor(p, g, s, c, moments=moments, rounding="nearest", **options)
+
+    reference = run(
+        stepper(arena.run, backend=LOOP),
+        torch.float32,
+        moments,
+        "nearest",
+        c,
+        states=lagging_states(),
+    )
+    kernel = run(
+        stepper(native.step, random_noise=False), torch.float32, moments, "nearest", c, states=lagging_states()
+    )
+    equal_runs(reference, kernel)
+    assert [float(s["step"]) for s in kernel[1]] == [3, 10, 3, 253, 10, 3]
+    together = run(stepper(native.step, random_noise=False), torch.float32, moments, "nearest", c)  # every count at 3
+    assert not torch.equal(together[0][1], kernel[0][1]), "the lagging tensor took the shared count's corrections"
+
+
+@needs_kernel
 @pytest.mark.parametrize("fmt, rounding, dtype", [(f, r, d) for f, r, _, _, _, d in CASES[::12]])
 def test_cautious_decay_decays_where_the_update_agrees_with_the_weight(fmt, rounding, dtype):
     """Each step from one state, three ways: cautious, always decaying, never decaying. The

@@ -332,8 +332,8 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 
 // ---- software prefetch --------------------------------------------------------------------------
 // Two distances, each measured on the 2-core Intel Xeon at 64M parameters, 2 threads, ns per
-// element (benchmarks/kernel_micro.py --elements 64M --threads 2, with -DDECOUPLED_PREFETCH=0 or
-// -DDECOUPLED_PAGE_AHEAD=0 against the default; benchmarks/RESULTS.md):
+// element (benchmarks/kernel_micro.py --elements 64M --threads 2 --rounds 2, --flags=-DDECOUPLED_PREFETCH=0
+// or --flags=-DDECOUPLED_PAGE_AHEAD=0 against --flags=, the default; benchmarks/RESULTS.md):
 // - The 8-bit loop asks for every cache line of the elements PREFETCH_AHEAD ahead, in every
 //   array, once per 256-element block: the hardware prefetchers alone left a core waiting for
 //   memory between its compute-heavy blocks (0.71 -> 0.52).

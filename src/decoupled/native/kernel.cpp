@@ -373,7 +373,10 @@ inline void prefetch_lines(const void* p, int64_t offset, int64_t lines, bool wr
   // its calls: the empty volatile asm keeps them (no instruction; not a memory barrier).
   asm volatile("");
   const char* at = static_cast<const char*>(p) + offset;
-  for (int64_t k = 0; k < lines; ++k) written ? __builtin_prefetch(at + 64 * k, 1, 3) : __builtin_prefetch(at + 64 * k, 0, 3);
+  for (int64_t k = 0; k < lines; ++k) {
+    if (written) __builtin_prefetch(at + 64 * k, 1, 3);
+    else __builtin_prefetch(at + 64 * k, 0, 3);
+  }
 }
 
 // The cache lines of elements [at, at + n) of tensor t's arrays, if they lie below `hi`, a few

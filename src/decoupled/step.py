@@ -73,6 +73,11 @@ class Plan:
     formatted: list[torch.Tensor] = field(default_factory=list)  # another state format
     executor: formats.Executor | None = None
     inner: backends.Backend | None = None  # the float32 backend the executor leans on
+    sharded: bool = False  # whether a parameter is a DTensor (its shard is what is stepped)
+
+    def shards(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's shards of ``tensors`` (the tensors themselves when no parameter is sharded)."""
+        return [sharded.local(t) for t in tensors] if self.sharded else list(tensors)
 
 
 def coefficients(group: dict[str, Any]) -> GroupCoefficients:
@@ -129,10 +134,11 @@ def plan(group: dict[str, Any], index: int, asked: str, owner: str = "AdamW") ->
                 raise ValueError(f"{what(j)}: {reason}")
         (out.formatted if formatted else out.plain).append(p)
     options = dict(differentiable=bool(group["differentiable"]), cautious=c.cautious)
+    out.sharded = sharded.any_dtensor(out.plain) or sharded.any_dtensor(out.formatted)
     if out.plain:
-        out.backend = _resolve(asked, backends.kinds_of(sharded.local(p) for p in out.plain), **options)
+        out.backend = _resolve(asked, backends.kinds_of(out.shards(out.plain)), **options)
     if out.formatted:
-        kinds = backends.kinds_of(sharded.local(p) for p in out.formatted)
+        kinds = backends.kinds_of(out.shards(out.formatted))
         executor_asked = "auto" if asked == TORCH_DEFAULT else asked
         out.executor, out.inner = formats.choose_executor(executor_asked, moments, rounding, kinds, cautious=c.cautious)
     return out
@@ -196,8 +202,8 @@ def run(
             else:
                 torch._foreach_div_([q.grad for q in p.plain], grad_scale.to(p.plain[0].device))  # type: ignore[misc]
         p.backend.step(
-            [local(q) for q in p.plain],
-            [local(q.grad) for q in p.plain],  # type: ignore[arg-type]  # all not None
+            p.shards(p.plain),
+            p.shards([q.grad for q in p.plain]),  # type: ignore[misc]  # all not None
             [local(s["exp_avg"]) for s in plain],
             [local(s["exp_avg_sq"]) for s in plain],
             [local(s["max_exp_avg_sq"]) for s in plain] if c.amsgrad else [],
@@ -212,8 +218,8 @@ def run(
             torch._foreach_div_([q.grad for q in p.formatted], grad_scale.to(p.formatted[0].device))  # type: ignore[misc]
         moments, rounding = formats.options(group)
         p.executor.run(
-            [local(q) for q in p.formatted],
-            [local(q.grad) for q in p.formatted],  # type: ignore[arg-type]
+            p.shards(p.formatted),
+            p.shards([q.grad for q in p.formatted]),  # type: ignore[misc]
             [sharded.local_entry(s, q) for s, q in zip(formatted, p.formatted)],
             c,
             moments=moments,

@@ -17,7 +17,7 @@ so in-place writes reach the DTensor state.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -37,6 +37,12 @@ def _dtensor_class() -> type | None:
     from torch.distributed.tensor import DTensor
 
     return DTensor
+
+
+def any_dtensor(tensors: Iterable[Any]) -> bool:
+    """Whether any of ``tensors`` is a DTensor (one isinstance each: the step asks every step)."""
+    cls = _dtensor_class()
+    return cls is not None and any(isinstance(t, cls) for t in tensors)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

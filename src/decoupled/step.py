@@ -134,7 +134,7 @@ def plan(group: dict[str, Any], index: int, asked: str, owner: str = "AdamW") ->
                 raise ValueError(f"{what(j)}: {reason}")
         (out.formatted if formatted else out.plain).append(p)
     options = dict(differentiable=bool(group["differentiable"]), cautious=c.cautious)
-    out.sharded = sharded.any_dtensor(out.plain) or sharded.any_dtensor(out.formatted)
+    out.sharded = sharded.any_dtensor(out.plain + out.formatted)
     if out.plain:
         out.backend = _resolve(asked, backends.kinds_of(out.shards(out.plain)), **options)
     if out.formatted:
@@ -192,7 +192,6 @@ def run(
     steps = [s["step"] for s in plain + formatted]
     if steps:
         torch._foreach_add_(steps, 1.0)
-    local = sharded.local
     if p.plain:
         assert p.backend is not None
         amp = {}
@@ -204,9 +203,9 @@ def run(
         p.backend.step(
             p.shards(p.plain),
             p.shards([q.grad for q in p.plain]),  # type: ignore[misc]  # all not None
-            [local(s["exp_avg"]) for s in plain],
-            [local(s["exp_avg_sq"]) for s in plain],
-            [local(s["max_exp_avg_sq"]) for s in plain] if c.amsgrad else [],
+            p.shards([s["exp_avg"] for s in plain]),
+            p.shards([s["exp_avg_sq"] for s in plain]),
+            p.shards([s["max_exp_avg_sq"] for s in plain]) if c.amsgrad else [],
             [s["step"] for s in plain],
             c,
             differentiable=bool(group["differentiable"]),

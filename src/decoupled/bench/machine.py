@@ -156,8 +156,9 @@ def huge_pages() -> dict[str, Any]:
     """Whether the step's memory can sit on 2 MiB pages: the kernel's transparent-huge-page mode
     (``always``, ``madvise`` or ``never``; None off Linux), and whether torch's CPU allocator asks
     for them (``THP_MEM_ALLOC_ENABLE=1``). They change the speed of every CPU step (2-core Intel
-    Xeon, torch's fused fp32 step on one 64M tensor: 45.5 ms with 4 KiB pages, 41.9 with 2 MiB),
-    so a run's ratios hold for its own setting."""
+    Xeon, torch's fused fp32 step on one 64M tensor: 44.4 ms with 4 KiB pages, 40.6 with 2 MiB;
+    benchmarks/results/cpu-2core-intel-64M-v2 and -v2-thp), so a run's ratios hold for its own
+    setting."""
     text = _read("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = text[text.index("[") + 1 : text.index("]")] if text and "[" in text and "]" in text else None
     return {"system": mode, "torch_allocator": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}

@@ -33,7 +33,7 @@ def draw_seed() -> int:
 class Call:
     """One kernel call (tensors of one group, parameter dtype and moment kind): the tensors are
     gathered by :meth:`add`, one at a time, and turned into the kernel's pointer lists by
-    :meth:`run`, one list at a time (a step of GPT-2's 148 tensors spends its Python time here).
+    :meth:`run`, one list at a time.
 
     Tensors that are not contiguous go through contiguous copies, written back after the call."""
 

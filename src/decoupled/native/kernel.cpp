@@ -340,7 +340,7 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 // - The dense loops ask for one line of each array PAGE_AHEAD elements ahead, once per 1024-element
 //   chunk: each array's next 4 KiB page is then mapped (TLB) and its first line on the way before
 //   the loop reaches it, where the hardware prefetchers stop at page boundaries (bf16 moments
-//   0.595 -> 0.553, stochastic 0.607 -> 0.565; Kahan within 1%). Not for float32 parameters with
+//   0.565 -> 0.507-0.546, stochastic 0.563-0.595 -> 0.532-0.538; Kahan within 2%). Not for float32 parameters with
 //   float32 moments: that loop moves torch's bytes at torch's speed without it, and with 2 MiB
 //   pages (transparent huge pages) it was slower with it (0.61 -> 0.67-0.72). Every line, as in
 //   the 8-bit loop, made the dense loops slower (fp32 0.57 -> 0.72): near the memory bound, the

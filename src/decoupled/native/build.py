@@ -57,11 +57,23 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
 HEADERS = (Path(__file__).with_name("codes.h"), Path(__file__).with_name("simd.h"))
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    *(("-mprefer-vector-width=512",) if _X86 else ()),
+)
 """The compiler flags. ``-fno-trapping-math`` lets GCC compute both sides of the kernel's selects
 (the kernel never reads the floating-point exception flags): without it GCC 12 left the fused
 loop scalar wherever AVX-512's masked instructions are missing (AVX2: 3.4 ns per element on one
-core for the fp32 rule, against 0.46 with it)."""
+core for the fp32 rule, against 0.46 with it). ``-mprefer-vector-width=512`` (x86 only; no
+effect without AVX-512): GCC's tuning for Intel's AVX-512 cores vectorizes loops 8 lanes wide
+unless told otherwise; 16 lanes stepped the dense formats faster at 64M parameters on the 2-core
+Intel Xeon, the same bits (``benchmarks/RESULTS.md``)."""
 
 MARCH_VARIABLE = "DECOUPLED_NATIVE_MARCH"
 """Environment variable naming the ``-march`` target instead of ``native``: a build that runs on

@@ -155,6 +155,8 @@ def init_state(state: dict[str, Any], group: dict[str, Any], p: torch.Tensor, fo
     """``p``'s state, created in the group's format where it is missing (as torch's ``_init_group``)."""
     moment_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
     if formatted:
+        if state and not group["amsgrad"] and group.get("param_rounding") != "kahan":
+            return state  # (every step after the first): nothing to add
         fmt, rounding = formats.options(group)
         if not state:
             state["step"] = torch.zeros((), dtype=step_dtype(group), device=p.device)
@@ -219,7 +221,7 @@ def run(
         p.executor.run(
             p.shards(p.formatted),
             p.shards([q.grad for q in p.formatted]),  # type: ignore[misc]
-            [sharded.local_entry(s, q) for s, q in zip(formatted, p.formatted)],
+            [sharded.local_entry(s, q) for s, q in zip(formatted, p.formatted)] if p.sharded else formatted,
             c,
             moments=moments,
             rounding=rounding,

@@ -77,8 +77,10 @@ class Call:
         return work.data_ptr()
 
     def _pointers(self, tensors: list, written: bool = True) -> list[int]:
-        flat = self._flat
-        return [flat(t, written, d) for t, d in zip(tensors, self.in_place)]
+        if True in self.in_place:
+            return [self._flat(t, written, d) for t, d in zip(tensors, self.in_place)]
+        flat = self._flat  # (the usual case: each tensor contiguous, its address as it is)
+        return [t.data_ptr() if t is not None and t.is_contiguous() else flat(t, written) for t in tensors]
 
     def _step_coefficients(self, c: GroupCoefficients) -> tuple[list[float], list[float]]:
         """Per tensor, (-lr / (1 - beta1^t), sqrt(1 - beta2^t)), computed once per step count."""
@@ -102,9 +104,9 @@ class Call:
             list(kinds),
             self._pointers(self.params),
             self._pointers(self.grads, written=False),
-            [self._flat(t) for t in self.comps],
+            self._pointers(self.comps),
             [self._pointers(m) for m in self.moments],
-            [[self._flat(t) for t in s] for s in self.scales],
+            [self._pointers(s) for s in self.scales],
             [t.numel() for t in self.params],
             self.ids,
             step_sizes,

@@ -37,6 +37,56 @@ void add(Hash& h, const std::vector<T>& v) {
   h.add(v.data(), v.size() * sizeof(T));
 }
 
+// The memory floor of a step: a loop with the traffic of the step for moments of `bytes`
+// bytes each (float32 parameter and gradient; 4: float32, 2: bf16 bits, 1: bytes) and almost
+// no arithmetic, cut into chunks and shared out among the threads as the kernel's loops are
+// (dynamic grabs of GRAB chunks of BLOCK elements), without software prefetch. Its time is
+// what the step's bytes cost on this machine; a loop's distance from it is arithmetic, or
+// memory parallelism that the arithmetic costs.
+template <typename M>
+void traffic(float* __restrict p, const float* __restrict g, M* __restrict m, M* __restrict v, int64_t n) {
+  const int64_t grabs = (n + GRAB * BLOCK - 1) / (GRAB * BLOCK);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t grab = 0; grab < grabs; ++grab) {
+    const int64_t end = std::min(n, (grab + 1) * GRAB * BLOCK);
+    for (int64_t lo = grab * GRAB * BLOCK; lo < end; lo += BLOCK) {
+      const int k = int(std::min<int64_t>(BLOCK, end - lo));
+      float* pp = p + lo;
+      const float* gp = g + lo;
+      M* mp = m + lo;
+      M* vp = v + lo;
+      for (int i = 0; i < k; ++i) {
+        float a, b;
+        if constexpr (sizeof(M) == 4) {
+          a = mp[i] + gp[i], b = vp[i] + gp[i];
+          mp[i] = a, vp[i] = b;
+        } else if constexpr (sizeof(M) == 2) {
+          a = from_bf16(mp[i]) + gp[i], b = from_bf16(vp[i]) + gp[i];
+          mp[i] = uint16_t(bits_of(a) >> 16), vp[i] = uint16_t(bits_of(b) >> 16);
+        } else {
+          a = float(mp[i]) + gp[i], b = float(vp[i]) + gp[i];
+          mp[i] = uint8_t(int(a)), vp[i] = uint8_t(int(b));
+        }
+        pp[i] += a * b * 1e-9f;
+      }
+    }
+  }
+}
+
+// ns per element of `steps` timed calls of f (the median) after one untimed call
+template <typename Fn>
+double time_steps(Fn f, int steps, int64_t n) {
+  f();
+  std::vector<double> seconds;
+  for (int s = 0; s < steps; ++s) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2] * 1e9 / double(n);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,22 +167,28 @@ int main(int argc, char** argv) {
     }
     call.tensors.push_back(t);
 
-    dispatch(call);  // warm-up
-    std::vector<double> seconds;
-    for (int s = 0; s < steps; ++s) {
-      const auto start = std::chrono::steady_clock::now();
-      dispatch(call);
-      seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-    std::sort(seconds.begin(), seconds.end());
+    const double ns = time_steps([&] { dispatch(call); }, steps, n);
     Hash h;
     if (bf16_param) add(h, pb), add(h, cb);
     else add(h, p);
     if (which == 0) add(h, m), add(h, v), add(h, x);
     if (which == 1) add(h, mb), add(h, vb), add(h, xb);
     if (which == 2) add(h, mq), add(h, vq), add(h, xq), add(h, ms), add(h, vs), add(h, xs);
-    std::printf("%-32s %10.3f  %016llx\n", c.name, seconds[seconds.size() / 2] * 1e9 / double(n),
-                static_cast<unsigned long long>(h.h));
+    std::printf("%-32s %10.3f  %016llx\n", c.name, ns, static_cast<unsigned long long>(h.h));
   }
+  // the floors: float32 parameters, moments of 4, 2 and 1 bytes (the 8-bit format's scales,
+  // 4 bytes per 256 elements and moment, left out)
+  std::vector<float> p(n, 0.0f), g(n, 1e-3f), m4(n, 0.0f), v4(n, 0.0f);
+  std::vector<uint16_t> m2(n, 0), v2(n, 0);
+  std::vector<uint8_t> m1(n, 0), v1(n, 0);
+  const double f4 = time_steps([&] { traffic(p.data(), g.data(), m4.data(), v4.data(), n); }, steps, n);
+  const double f2 = time_steps([&] { traffic(p.data(), g.data(), m2.data(), v2.data(), n); }, steps, n);
+  const double f1 = time_steps([&] { traffic(p.data(), g.data(), m1.data(), v1.data(), n); }, steps, n);
+  Hash h;
+  add(h, p), add(h, m4), add(h, v4), add(h, m2), add(h, v2), add(h, m1), add(h, v1);
+  const unsigned long long digest = h.h;
+  std::printf("%-32s %10.3f  %016llx\n", "floor: 28 B (fp32 moments)", f4, digest);
+  std::printf("%-32s %10.3f  %016llx\n", "floor: 20 B (bf16 moments)", f2, digest);
+  std::printf("%-32s %10.3f  %016llx\n", "floor: 16 B (8-bit moments)", f1, digest);
   return 0;
 }

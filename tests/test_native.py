@@ -582,8 +582,9 @@ def test_switching_the_kernel_off_gives_a_reason_and_no_warning(monkeypatch):
 @needs_kernel
 def test_the_kernel_builds_without_python_and_times_every_case(capsys):
     """kernel.cpp with DECOUPLED_KERNEL_STANDALONE (no torch, no pybind11) builds, runs every case
-    of the harness and reports a time per element for each: here two builds (the dense loops'
-    page prefetch off, and the default) in turn over two rounds, which store the same bits."""
+    of the harness and reports a time per element for each, and for the three memory floors (the
+    step's traffic without its arithmetic): here two builds (the dense loops' page prefetch off,
+    and the default) in turn over two rounds, which store the same bits."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     try:
         import kernel_micro
@@ -595,4 +596,5 @@ def test_the_kernel_builds_without_python_and_times_every_case(capsys):
     header = next(line for line in lines if line.startswith("ns per element"))
     assert "-DDECOUPLED_PAGE_AHEAD=0" in header and "(none)" in header
     rows = lines[lines.index(header) + 1 : lines.index("same bits in every build")]
-    assert len(rows) == 10 and all(float(x) > 0 for row in rows for x in row.split()[-2:]), rows
+    assert len(rows) == 13 and all(float(x) > 0 for row in rows for x in row.split()[-2:]), rows
+    assert [row.split(" (")[0] for row in rows[-3:]] == ["floor: 28 B", "floor: 20 B", "floor: 16 B"], rows

@@ -207,6 +207,41 @@ def test_tensors_at_different_step_counts_take_their_own_bias_corrections(exact_
 
 
 @needs_kernel
+@pytest.mark.parametrize("fmt", ["bf16", "float8"])
+@pytest.mark.parametrize("count", ["float32", "float64", "float16"])
+def test_the_executor_counts_each_step_once_and_only_after_its_checks(exact_sqrt, zero_noise, fmt, count):
+    """The native executor adds 1 to each step count itself (float32 and float64 counts in the
+    kernel call, others through torch), then steps with the new count's bias corrections: the
+    same bits as the arena given counts already incremented. A parameter without elements is
+    counted too. A bad state entry raises before any count moves."""
+    moments, c = FORMATS[fmt], coefficients("adamw")
+    dtype = getattr(torch, count)
+    params = params_like(torch.float32) + [torch.zeros(0)]
+
+    def states_at(start):
+        states = new_states(params, moments, "nearest", amsgrad=False)
+        for s, k in zip(states, (0, 7, 0, 250, 7, 0, 3)):
+            s["step"] = torch.tensor(float(start + k)).to(dtype)
+        return states
+
+    reference, counted = states_at(1), states_at(0)
+    ref_params, own_params = [p.clone() for p in params], [p.clone() for p in params]
+    grads = grads_like(params, 0)
+    arena.run(ref_params[:-1], grads[:-1], reference[:-1], c, moments=moments, rounding="nearest", backend=LOOP)
+    native.EXECUTOR.run(own_params, grads, counted, c, moments=moments, rounding="nearest", random_noise=False)
+    equal_runs((ref_params[:-1], reference[:-1]), (own_params[:-1], counted[:-1]))
+    assert [s["step"].item() for s in counted] == [1, 8, 1, 251, 8, 1, 4]
+    assert all(s["step"].dtype == dtype for s in counted)
+
+    broken = states_at(0)
+    key = next(k for k, v in broken[3].items() if k != "step" and v.dim() > 0)
+    broken[3][key] = broken[3][key][:-1]  # one element short
+    with pytest.raises(ValueError, match="elements for this format"):
+        native.EXECUTOR.run(own_params, grads, broken, c, moments=moments, rounding="nearest")
+    assert [s["step"].item() for s in broken] == [0, 7, 0, 250, 7, 0, 3]
+
+
+@needs_kernel
 @pytest.mark.parametrize("fmt, rounding, dtype", [(f, r, d) for f, r, _, _, _, d in CASES[::12]])
 def test_cautious_decay_decays_where_the_update_agrees_with_the_weight(fmt, rounding, dtype):
     """Each step from one state, three ways: cautious, always decaying, never decaying. The

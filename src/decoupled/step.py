@@ -191,7 +191,8 @@ def run(
     formatted = [init_state(state[q], group, q, formatted=True) for q in p.formatted]
     if found_inf is not None and float(found_inf) != 0:
         return  # GradScaler found infs: no update, and the step counts stay (torch's fused step)
-    steps = [s["step"] for s in plain + formatted]
+    counted = p.executor is not None and p.executor.counts_steps  # (then the executor adds them)
+    steps = [s["step"] for s in (plain if counted else plain + formatted)]
     if steps:
         torch._foreach_add_(steps, 1.0)
     if p.plain:

@@ -1,7 +1,9 @@
 """What an executor is: how one param group's step runs on state stored in a format.
 
 An executor takes plain tensors (the step pipeline hands it DTensors' local shards) and the
-group's state entries, whose ``step`` was already incremented, and runs the float32 update rule
+group's state entries, whose ``step`` was already incremented (unless the executor
+``counts_steps``: then it adds 1 to each itself, after its checks and before the update), and
+runs the float32 update rule
 on them, loading and storing every moment (and a low-precision parameter) in its format:
 
     run(params, grads, states, c, *, moments, rounding, backend)
@@ -39,6 +41,7 @@ class Executor:
     why_not: Callable[..., str | None] = _runs_anything
     answers: str | None = None
     auto_rank: Mapping[str, int] = field(default_factory=dict)
+    counts_steps: bool = False
 
     def rank(self, device_types: set[str]) -> int | None:
         """Its place among ``auto``'s candidates on these device types (the worst), or None."""

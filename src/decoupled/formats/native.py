@@ -136,10 +136,14 @@ def step(
     rounding: str,
     backend: Backend | None = None,
     random_noise: bool = True,
+    count_steps: bool = False,
 ) -> None:
-    """One step of ``params`` (whose ``state["step"]`` was already incremented) with formatted state,
-    in place. ``backend`` is not used (the kernel runs the update itself). ``random_noise=False``
-    makes stochastic rounding truncate (tests compare against the arena with zero noise)."""
+    """One step of ``params`` with formatted state, in place. ``count_steps``: add 1 to each
+    ``state["step"]`` first (in the kernel call, after every check: a bad state entry leaves every
+    count as it was; the executor's way), else the counts were incremented already (the contract
+    of :mod:`~decoupled.formats.executor`). ``backend`` is not used (the kernel runs the update
+    itself). ``random_noise=False`` makes stochastic rounding truncate (tests compare against the
+    arena with zero noise)."""
     module = native.kernel()
     if module is None:
         raise RuntimeError(native.unavailable_reason())
@@ -147,9 +151,11 @@ def step(
     calls: dict[tuple[torch.dtype, int], native.Call] = {}  # per (dtype, moment kind)
     layouts: dict[tuple[torch.dtype, int], Layout] = {}  # per (dtype, id of the format): checked once
     stochastic = False
+    empty = []  # the step counts of parameters without elements
     for i, p in enumerate(params):
         n = p.numel()
         if n == 0:
+            empty.append(states[i]["step"])  # (counted below, with count_steps)
             continue
         fmt = moments.for_param(p)
         how = layouts.get((p.dtype, id(fmt)))
@@ -164,8 +170,10 @@ def step(
         call = calls.get((p.dtype, how.kind))
         if call is None:
             call = calls[(p.dtype, how.kind)] = native.Call(len(names))
-        call.add(i, p, grads[i], comp, stored, float(state["step"]))
+        call.add(i, p, grads[i], comp, stored, state["step"] if count_steps else float(state["step"]))
         stochastic |= how.stochastic
+    if empty and count_steps:
+        torch._foreach_add_(empty, 1.0)
     seed = native.draw_seed() if stochastic else 0
     for (dtype, kind), call in calls.items():
         table_ptrs: list[int] = []
@@ -177,9 +185,10 @@ def step(
 
 EXECUTOR = Executor(
     "native",
-    step,
+    functools.partial(step, count_steps=True),
     "one fused C++ pass per tensor on CPU: load, update and store of every format (built at first use)",
     why_not=why_not,
     answers="native",
     auto_rank={"cpu": 10},
+    counts_steps=True,
 )

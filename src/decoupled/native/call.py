@@ -25,6 +25,17 @@ ROUNDING_CODES = {"nearest": 0, "kahan": 1, "stochastic": 2}
 """How a bf16/fp16 parameter is written (its ``Rounding``)."""
 
 
+_COUNT_DTYPES = (torch.float32, torch.float64)
+_NUMBER, _KERNEL, _TORCH = range(3)  # how a step count is counted (already, by the kernel, by torch)
+
+
+def _how_counted(step: float | torch.Tensor) -> int:
+    if not isinstance(step, torch.Tensor):
+        return _NUMBER
+    plain = type(step) is torch.Tensor and step.dtype in _COUNT_DTYPES and step.is_cpu and step.dim() == 0
+    return _KERNEL if plain else _TORCH
+
+
 def draw_seed() -> int:
     """A uniformly random 64-bit seed from torch's default generator (one per step call)."""
     return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
@@ -44,15 +55,19 @@ class Call:
         self.comps: list[torch.Tensor | None] = []
         self.moments: list[list[torch.Tensor]] = [[] for _ in range(n_moments)]
         self.scales: list[list[torch.Tensor | None]] = [[] for _ in range(n_moments)]
-        self.steps: list[float] = []
+        self.steps: list[float | torch.Tensor] = []
         self.in_place: list[bool] = []
         self.keep: list[torch.Tensor] = []  # contiguous copies, alive until the kernel returns
         self.write_back: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def add(self, index: int, param, grad, comp, moments: list, step: float, *, in_place: bool = False) -> None:
+    def add(
+        self, index: int, param, grad, comp, moments: list, step: float | torch.Tensor, *, in_place: bool = False
+    ) -> None:
         """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
-        as (stored, block scales or None) and step count; with ``in_place``, its tensors are taken
-        in memory order as they are (the caller checked that they share one dense layout)."""
+        as (stored, block scales or None) and step count: a number already incremented, or the
+        state's ``step`` tensor, to which :meth:`run` adds 1 just before the update. With
+        ``in_place``, its tensors are taken in memory order as they are (the caller checked that
+        they share one dense layout)."""
         self.ids.append(index)
         self.params.append(param)
         self.grads.append(grad)
@@ -82,13 +97,29 @@ class Call:
         flat = self._flat  # (the usual case: each tensor contiguous, its address as it is)
         return [t.data_ptr() if t is not None and t.is_contiguous() else flat(t, written) for t in tensors]
 
-    def _step_coefficients(self, c: GroupCoefficients) -> tuple[list[float], list[float]]:
+    def _count_steps(self, module) -> list[float]:
+        """The step counts, those given as tensors incremented first: 0-d float32 and float64
+        CPU tensors by the kernel in one call (torch._foreach_add_ takes about 1 us a tensor),
+        any other (a DTensor, another dtype) by torch."""
+        how = [_how_counted(s) for s in self.steps]
+        if _TORCH in how:
+            torch._foreach_add_(
+                [s for s, h in zip(self.steps, how) if h == _TORCH and isinstance(s, torch.Tensor)], 1.0
+            )
+        if _KERNEL not in how:
+            return [float(s) for s in self.steps]
+        counts = [s for s, h in zip(self.steps, how) if h == _KERNEL and isinstance(s, torch.Tensor)]
+        new = iter(module.count_steps([t.data_ptr() for t in counts], [t.dtype == torch.float64 for t in counts]))
+        return [next(new) if h == _KERNEL else float(s) for s, h in zip(self.steps, how)]
+
+    @staticmethod
+    def _step_coefficients(c: GroupCoefficients, steps: list[float]) -> tuple[list[float], list[float]]:
         """Per tensor, (-lr / (1 - beta1^t), sqrt(1 - beta2^t)), computed once per step count."""
         by_step = {}
-        for step in set(self.steps):  # the tensors of a group mostly share their step count
+        for step in set(steps):  # the tensors of a group mostly share their step count
             step_size, bc2_sqrt = step_coefficients(c, step)
             by_step[step] = (float(step_size), float(bc2_sqrt))
-        return [by_step[s][0] for s in self.steps], [by_step[s][1] for s in self.steps]
+        return [by_step[s][0] for s in steps], [by_step[s][1] for s in steps]
 
     def run(
         self, module, dtype, kinds, rounding, c: GroupCoefficients, seed: int, noise: bool, table_ptrs: list[int]
@@ -97,7 +128,7 @@ class Call:
         tables and values, zeros for the other kinds)."""
         if not self.params:
             return
-        step_sizes, bc2_sqrts = self._step_coefficients(c)
+        step_sizes, bc2_sqrts = self._step_coefficients(c, self._count_steps(module))
         module.step(
             PARAM_TYPES[dtype],
             ROUNDING_CODES[rounding],

@@ -729,6 +729,21 @@ int64_t code_mismatches(int64_t first, int64_t stride) {
   return bad;
 }
 
+#ifndef DECOUPLED_KERNEL_STANDALONE
+// Adds 1 to each step count (a 0-d float32 tensor's element, or float64 where `wide`), in its
+// own precision as torch's add_ does, and returns the new counts: one call for every tensor of
+// a step instead of torch._foreach_add_, which costs about 1 us per 0-d CPU tensor.
+std::vector<double> count_steps(const Ptrs& counts, const std::vector<bool>& wide) {
+  if (wide.size() != counts.size()) throw std::invalid_argument("decoupled native count_steps: one flag per count");
+  std::vector<double> out(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (wide[i]) out[i] = *ptr<double>(counts[i]) += 1.0;
+    else out[i] = *ptr<float>(counts[i]) += 1.0f;
+  }
+  return out;
+}
+#endif
+
 }  // namespace
 
 #ifndef DECOUPLED_KERNEL_STANDALONE
@@ -738,6 +753,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("to_e4m3", [](std::vector<float> x) { std::vector<uint8_t> r; for (float v : x) r.push_back(to_e4m3(v)); return r; });
   m.def("to_e5m3", [](std::vector<float> x) { std::vector<uint8_t> r; for (float v : x) r.push_back(to_e5m3(v)); return r; });
   m.def("step", &step);
+  m.def("count_steps", &count_steps);
   m.def("noise", &noise_of);
   m.def("code_mismatches", &code_mismatches);
 #ifdef DECOUPLED_SIMD

@@ -32,7 +32,13 @@ _NUMBER, _KERNEL, _TORCH = range(3)  # how a step count is counted (already, by 
 def _how_counted(step: float | torch.Tensor) -> int:
     if not isinstance(step, torch.Tensor):
         return _NUMBER
-    plain = type(step) is torch.Tensor and step.dtype in _COUNT_DTYPES and step.is_cpu and step.dim() == 0
+    plain = (
+        type(step) is torch.Tensor
+        and step.dtype in _COUNT_DTYPES
+        and step.is_cpu
+        and step.dim() == 0
+        and not step.requires_grad  # (torch refuses to add to it in place: so do we, through torch)
+    )
     return _KERNEL if plain else _TORCH
 
 

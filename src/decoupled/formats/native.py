@@ -169,7 +169,7 @@ def step(
         comp = _checked(state, COMPENSATION_KEY, p.dtype, n) if how.kahan and COMPENSATION_KEY in state else None
         call = calls.get((p.dtype, how.kind))
         if call is None:
-            call = calls[(p.dtype, how.kind)] = native.Call(len(names))
+            call = calls[(p.dtype, how.kind)] = native.Call(len(names), count_steps=count_steps)
         call.add(i, p, grads[i], comp, stored, state["step"] if count_steps else float(state["step"]))
         stochastic |= how.stochastic
     if empty and count_steps:

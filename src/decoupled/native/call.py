@@ -52,9 +52,11 @@ class Call:
     gathered by :meth:`add`, one at a time, and turned into the kernel's pointer lists by
     :meth:`run`, one list at a time.
 
-    Tensors that are not contiguous go through contiguous copies, written back after the call."""
+    Tensors that are not contiguous go through contiguous copies, written back after the call.
+    With ``count_steps``, the step counts given are the state's tensors, incremented in :meth:`run`."""
 
-    def __init__(self, n_moments: int) -> None:
+    def __init__(self, n_moments: int, *, count_steps: bool = False) -> None:
+        self.count_steps = count_steps  # the steps given are the state's tensors, counted in run
         self.ids: list[int] = []
         self.params: list[torch.Tensor] = []
         self.grads: list[torch.Tensor] = []
@@ -70,8 +72,9 @@ class Call:
         self, index: int, param, grad, comp, moments: list, step: float | torch.Tensor, *, in_place: bool = False
     ) -> None:
         """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
-        as (stored, block scales or None) and step count: a number already incremented, or the
-        state's ``step`` tensor, to which :meth:`run` adds 1 just before the update. With
+        as (stored, block scales or None) and step count: a number already incremented, or with
+        ``count_steps`` the state's ``step`` tensor, to which :meth:`run` adds 1 just before the
+        update. With
         ``in_place``, its tensors are taken in memory order as they are (the caller checked that
         they share one dense layout)."""
         self.ids.append(index)
@@ -98,15 +101,18 @@ class Call:
         return work.data_ptr()
 
     def _pointers(self, tensors: list, written: bool = True) -> list[int]:
+        flat = self._flat
         if True in self.in_place:
-            return [self._flat(t, written, d) for t, d in zip(tensors, self.in_place)]
-        flat = self._flat  # (the usual case: each tensor contiguous, its address as it is)
+            return [flat(t, written, d) for t, d in zip(tensors, self.in_place)]
+        # the usual case: each tensor contiguous, its address as it is
         return [t.data_ptr() if t is not None and t.is_contiguous() else flat(t, written) for t in tensors]
 
     def _count_steps(self, module) -> list[float]:
         """The step counts, those given as tensors incremented first: 0-d float32 and float64
         CPU tensors by the kernel in one call (torch._foreach_add_ takes about 1 us a tensor),
         any other (a DTensor, another dtype) by torch."""
+        if not self.count_steps:
+            return self.steps  # type: ignore[return-value]  # (numbers, counted already)
         how = [_how_counted(s) for s in self.steps]
         if _TORCH in how:
             torch._foreach_add_(

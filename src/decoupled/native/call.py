@@ -74,9 +74,8 @@ class Call:
         """Tensor ``index`` of the step: its parameter, gradient, Kahan buffer (or None), moments
         as (stored, block scales or None) and step count: a number already incremented, or with
         ``count_steps`` the state's ``step`` tensor, to which :meth:`run` adds 1 just before the
-        update. With
-        ``in_place``, its tensors are taken in memory order as they are (the caller checked that
-        they share one dense layout)."""
+        update. With ``in_place``, its tensors are taken in memory order as they are (the caller
+        checked that they share one dense layout)."""
         self.ids.append(index)
         self.params.append(param)
         self.grads.append(grad)

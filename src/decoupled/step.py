@@ -151,13 +151,14 @@ def step_dtype(group: dict[str, Any]) -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def init_state(state: dict[str, Any], group: dict[str, Any], p: torch.Tensor, formatted: bool) -> dict[str, Any]:
-    """``p``'s state, created in the group's format where it is missing (as torch's ``_init_group``)."""
+def init_state(
+    state: dict[str, Any], group: dict[str, Any], p: torch.Tensor, options: tuple[formats.MomentFormat, str] | None
+) -> dict[str, Any]:
+    """``p``'s state, created where it is missing (as torch's ``_init_group``): in the group's
+    format and rounding ``options`` (``formats.options(group)``), or in torch's layout (None)."""
     moment_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
-    if formatted:
-        if state and not group["amsgrad"] and group.get("param_rounding") != "kahan":
-            return state  # (every step after the first): nothing to add
-        fmt, rounding = formats.options(group)
+    if options is not None:
+        fmt, rounding = options
         if not state:
             state["step"] = torch.zeros((), dtype=step_dtype(group), device=p.device)
             for moment in moment_names:
@@ -187,8 +188,9 @@ def run(
 ) -> None:
     """Carry out one group's plan: state, step counts, unscaling, shards, and the update."""
     group, c = p.group, p.c
-    plain = [init_state(state[q], group, q, formatted=False) for q in p.plain]
-    formatted = [init_state(state[q], group, q, formatted=True) for q in p.formatted]
+    moments, rounding = options = formats.options(group)
+    plain = [init_state(state[q], group, q, None) for q in p.plain]
+    formatted = [init_state(state[q], group, q, options) for q in p.formatted]
     if found_inf is not None and float(found_inf) != 0:
         return  # GradScaler found infs: no update, and the step counts stay (torch's fused step)
     counted = p.executor is not None and p.executor.counts_steps  # (then the executor adds them)
@@ -218,7 +220,6 @@ def run(
         assert p.executor is not None and p.inner is not None
         if grad_scale is not None:
             torch._foreach_div_([q.grad for q in p.formatted], grad_scale.to(p.formatted[0].device))  # type: ignore[misc]
-        moments, rounding = formats.options(group)
         p.executor.run(
             p.shards(p.formatted),
             p.shards([q.grad for q in p.formatted]),  # type: ignore[misc]

@@ -7,8 +7,8 @@ needs table lookups (a 16-wide gather costs about 20 cycles on the project's AMD
 native kernel (:mod:`decoupled.formats.native`) decodes, updates and encodes a block in one
 pass, 0.68 ns per element on one core of that machine (``benchmarks/kernel_micro.py``); at 64M
 parameters on two cores a step ran at 0.88-1.01x torch's fused fp32 step there and, with the
-next blocks' cache lines prefetched, 1.09-1.19x on a 2-core Intel Xeon
-(``benchmarks/RESULTS.md``), bitsandbytes' and torchao's 8-bit AdamW at 0.02-0.03x.
+next blocks' cache lines prefetched, 1.17-1.19x on a 2-core Intel Xeon (results/cpu-2core-intel-64M-v3
+and ``benchmarks/RESULTS.md``), bitsandbytes' and torchao's 8-bit AdamW at 0.02-0.03x.
 
 Codes
     Elements in row-major order are cut into blocks of 256 (the last may be shorter). Each

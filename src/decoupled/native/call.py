@@ -25,21 +25,16 @@ ROUNDING_CODES = {"nearest": 0, "kahan": 1, "stochastic": 2}
 """How a bf16/fp16 parameter is written (its ``Rounding``)."""
 
 
-_COUNT_DTYPES = (torch.float32, torch.float64)
-_NUMBER, _KERNEL, _TORCH = range(3)  # how a step count is counted (already, by the kernel, by torch)
-
-
-def _how_counted(step: float | torch.Tensor) -> int:
-    if not isinstance(step, torch.Tensor):
-        return _NUMBER
-    plain = (
+def _counted_by_kernel(step: torch.Tensor) -> bool:
+    """Whether the kernel can add 1 to ``step`` (a plain 0-d float32 or float64 CPU tensor that
+    does not require grad: torch refuses the in-place add to one that does, and so do we)."""
+    return (
         type(step) is torch.Tensor
-        and step.dtype in _COUNT_DTYPES
+        and step.dtype in (torch.float32, torch.float64)
         and step.is_cpu
         and step.dim() == 0
-        and not step.requires_grad  # (torch refuses to add to it in place: so do we, through torch)
+        and not step.requires_grad
     )
-    return _KERNEL if plain else _TORCH
 
 
 def draw_seed() -> int:
@@ -107,21 +102,19 @@ class Call:
         return [t.data_ptr() if t is not None and t.is_contiguous() else flat(t, written) for t in tensors]
 
     def _count_steps(self, module) -> list[float]:
-        """The step counts, those given as tensors incremented first: 0-d float32 and float64
-        CPU tensors by the kernel in one call (torch._foreach_add_ takes about 1 us a tensor),
-        any other (a DTensor, another dtype) by torch."""
+        """The step counts; with ``count_steps``, the state's tensors incremented first: 0-d
+        float32 and float64 CPU tensors by the kernel in one call (torch._foreach_add_ takes
+        about 1 us a tensor), any other (a DTensor, another dtype) by torch."""
         if not self.count_steps:
             return self.steps  # type: ignore[return-value]  # (numbers, counted already)
-        how = [_how_counted(s) for s in self.steps]
-        if _TORCH in how:
-            torch._foreach_add_(
-                [s for s, h in zip(self.steps, how) if h == _TORCH and isinstance(s, torch.Tensor)], 1.0
-            )
-        if _KERNEL not in how:
-            return [float(s) for s in self.steps]
-        counts = [s for s, h in zip(self.steps, how) if h == _KERNEL and isinstance(s, torch.Tensor)]
+        steps: list[torch.Tensor] = self.steps  # type: ignore[assignment]
+        fast = [_counted_by_kernel(t) for t in steps]
+        slow = [t for t, f in zip(steps, fast) if not f]
+        if slow:
+            torch._foreach_add_(slow, 1.0)
+        counts = [t for t, f in zip(steps, fast) if f]
         new = iter(module.count_steps([t.data_ptr() for t in counts], [t.dtype == torch.float64 for t in counts]))
-        return [next(new) if h == _KERNEL else float(s) for s, h in zip(self.steps, how)]
+        return [next(new) if f else float(t) for t, f in zip(steps, fast)]
 
     @staticmethod
     def _step_coefficients(c: GroupCoefficients, steps: list[float]) -> tuple[list[float], list[float]]:

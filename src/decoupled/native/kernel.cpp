@@ -660,6 +660,19 @@ void step(int param_type, int rounding, const std::vector<int>& kinds, const Ptr
   dispatch(call);
 }
 
+// Adds 1 to each step count (a 0-d float32 tensor's element, or float64 where `wide`), in its
+// own precision as torch's add_ does, and returns the new counts: one call for every tensor of
+// a step instead of torch._foreach_add_, which costs about 1 us per 0-d CPU tensor.
+std::vector<double> count_steps(const Ptrs& counts, const std::vector<bool>& wide) {
+  if (wide.size() != counts.size()) throw std::invalid_argument("decoupled native count_steps: one flag per count");
+  std::vector<double> out(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (wide[i]) out[i] = *ptr<double>(counts[i]) += 1.0;
+    else out[i] = *ptr<float>(counts[i]) += 1.0f;
+  }
+  return out;
+}
+
 #endif
 
 // Noise of one stream as the kernel draws it (for tests of its distribution).
@@ -729,20 +742,6 @@ int64_t code_mismatches(int64_t first, int64_t stride) {
   return bad;
 }
 
-#ifndef DECOUPLED_KERNEL_STANDALONE
-// Adds 1 to each step count (a 0-d float32 tensor's element, or float64 where `wide`), in its
-// own precision as torch's add_ does, and returns the new counts: one call for every tensor of
-// a step instead of torch._foreach_add_, which costs about 1 us per 0-d CPU tensor.
-std::vector<double> count_steps(const Ptrs& counts, const std::vector<bool>& wide) {
-  if (wide.size() != counts.size()) throw std::invalid_argument("decoupled native count_steps: one flag per count");
-  std::vector<double> out(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) {
-    if (wide[i]) out[i] = *ptr<double>(counts[i]) += 1.0;
-    else out[i] = *ptr<float>(counts[i]) += 1.0f;
-  }
-  return out;
-}
-#endif
 
 }  // namespace
 

@@ -345,6 +345,12 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 //   pages (transparent huge pages) it was slower with it (0.61 -> 0.67-0.72). Every line, as in
 //   the 8-bit loop, made the dense loops slower (fp32 0.57 -> 0.72): near the memory bound, the
 //   requests compete.
+// On the 2-core AMD EPYC (Zen 4) both made every loop slower, at every distance tried (256 to
+// 32768 elements, one line or every line): 8-bit moments 0.56-0.67 -> 0.43-0.53, bf16 moments
+// (stochastic) 0.49-0.53 -> 0.43-0.48, Kahan 0.66-0.77 -> 0.59-0.66, at 64M, 2 threads, the
+// distances switched at run time between interleaved steps (medians of 30). Its hardware
+// prefetchers keep these streams fed; the extra requests only queue behind them. build.py
+// therefore sets both to 0 on AMD CPUs.
 
 #ifndef DECOUPLED_PREFETCH
 #define DECOUPLED_PREFETCH 1024

@@ -69,8 +69,8 @@ def _vendor() -> str:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
 
 
-PREFETCH = _vendor() != "AuthenticAMD"
-"""Whether the kernel asks for software prefetch (not on AMD CPUs: :data:`FLAGS`)."""
+PREFETCH = () if _vendor() != "AuthenticAMD" else ("-DDECOUPLED_PREFETCH_F32=0", "-DDECOUPLED_PAGE_AHEAD=0")
+"""The software-prefetch distances that differ from kernel.cpp's on this CPU (part of :data:`FLAGS`)."""
 
 FLAGS = (
     "-O3",
@@ -80,7 +80,7 @@ FLAGS = (
     "-fno-math-errno",
     "-fno-trapping-math",
     *(("-mprefer-vector-width=512",) if _X86 else ()),
-    *(() if PREFETCH else ("-DDECOUPLED_PREFETCH=0", "-DDECOUPLED_PAGE_AHEAD=0")),
+    *PREFETCH,
 )
 """The compiler flags. ``-fno-trapping-math`` lets GCC compute both sides of the kernel's selects
 (the kernel never reads the floating-point exception flags): without it GCC 12 left the fused
@@ -90,10 +90,10 @@ effect without AVX-512): GCC's tuning for Intel's AVX-512 cores vectorizes loops
 unless told otherwise; 16 lanes stepped the dense formats faster at 64M parameters on the 2-core
 Intel Xeon, the same bits, and on the 2-core AMD EPYC (Zen 4), whose tuning prefers 8 lanes too,
 bf16 moments 0.67 -> 0.50 ns per element and Kahan-compensated bf16 weights 1.27 -> 0.75. On AMD
-CPUs the kernel asks for no software prefetch (``DECOUPLED_PREFETCH=0``, ``DECOUPLED_PAGE_AHEAD=0``):
-the distances that took the Intel Xeon's loops closer to its memory bound made the EPYC's slower
-(8-bit moments 0.56-0.67 -> 0.43-0.53 ns per element without them; kernel.cpp, "software
-prefetch", and ``benchmarks/RESULTS.md``)."""
+CPUs (:data:`PREFETCH`) only the 8-bit loop over bf16 parameters asks for software prefetch: the
+distances that took the Intel Xeon's loops closer to its memory bound made the EPYC's other loops
+slower (8-bit moments of float32 parameters 0.56-0.67 -> 0.43-0.53 ns per element without them;
+kernel.cpp, "software prefetch", and ``benchmarks/RESULTS.md``)."""
 
 MARCH_VARIABLE = "DECOUPLED_NATIVE_MARCH"
 """Environment variable naming the ``-march`` target instead of ``native``: a build that runs on

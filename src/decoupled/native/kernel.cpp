@@ -345,20 +345,27 @@ void fused_float8(int n, uint32_t first, PS* __restrict pp, PS* __restrict cp, c
 //   pages (transparent huge pages) it was slower with it (0.61 -> 0.67-0.72). Every line, as in
 //   the 8-bit loop, made the dense loops slower (fp32 0.57 -> 0.72): near the memory bound, the
 //   requests compete.
-// On the 2-core AMD EPYC (Zen 4) both made every loop slower, at every distance tried (256 to
-// 32768 elements, one line or every line): 8-bit moments 0.56-0.67 -> 0.43-0.53, bf16 moments
-// (stochastic) 0.49-0.53 -> 0.43-0.48, Kahan 0.66-0.77 -> 0.59-0.66, at 64M, 2 threads, the
-// distances switched at run time between interleaved steps (medians of 30). Its hardware
-// prefetchers keep these streams fed; the extra requests only queue behind them. build.py
-// therefore sets both to 0 on AMD CPUs.
+// On the 2-core AMD EPYC (Zen 4) both made every loop slower but one, at every distance tried
+// (256 to 32768 elements, one line or every line): 8-bit moments 0.56-0.67 -> 0.43-0.53, bf16
+// moments (stochastic) 0.49-0.53 -> 0.43-0.48, Kahan 0.66-0.77 -> 0.59-0.66, at 64M, 2 threads,
+// the distances switched at run time between interleaved steps (medians of 30). Its hardware
+// prefetchers keep these streams fed; the extra requests only queue behind them. The exception
+// is the 8-bit loop over bf16 parameters (10 bytes per element, the most arithmetic per byte),
+// which the prefetch keeps faster there too (0.70 -> 0.61). build.py therefore sets
+// DECOUPLED_PAGE_AHEAD and DECOUPLED_PREFETCH_F32 (the 8-bit loop over float32 parameters) to 0
+// on AMD CPUs.
 
 #ifndef DECOUPLED_PREFETCH
 #define DECOUPLED_PREFETCH 1024
 #endif
+#ifndef DECOUPLED_PREFETCH_F32
+#define DECOUPLED_PREFETCH_F32 DECOUPLED_PREFETCH
+#endif
 #ifndef DECOUPLED_PAGE_AHEAD
 #define DECOUPLED_PAGE_AHEAD 2048
 #endif
-constexpr int64_t PREFETCH_AHEAD = DECOUPLED_PREFETCH;  // elements (0: none)
+constexpr int64_t PREFETCH_AHEAD = DECOUPLED_PREFETCH;          // elements, 16-bit parameters (0: none)
+constexpr int64_t PREFETCH_AHEAD_F32 = DECOUPLED_PREFETCH_F32;  // elements, float32 parameters
 constexpr int64_t PAGE_AHEAD = DECOUPLED_PAGE_AHEAD;    // elements (0: none)
 
 inline int64_t moment_bytes(int kind) { return kind == M_F32 ? 4 : (kind == M_TREE || kind == M_FLOAT8) ? 1 : 2; }
@@ -388,7 +395,7 @@ inline void prefetch_lines(const void* p, int64_t offset, int64_t lines, bool wr
 // The cache lines of elements [at, at + n) of tensor t's arrays, if they lie below `hi`, a few
 // lines of each array at a time (the 8-bit loop).
 inline void prefetch(const Call& call, const Tensor& t, int64_t at, int64_t n, int64_t hi) {
-  if (PREFETCH_AHEAD == 0 || at + n > hi) return;
+  if (at + n > hi) return;
   for (int64_t e = at; e < at + n; e += 64)  // 64 elements: a line of 8-bit codes, 2 of bf16, 4 of float32
     for_each_array(call, t, [e](const void* p, int64_t bytes, bool written) { prefetch_lines(p, e * bytes, bytes, written); });
 }
@@ -492,7 +499,8 @@ void run_float8(const Call& call, const Tensor& t, int64_t lo, int64_t hi) {
     PS* pp = static_cast<PS*>(t.param) + at;
     PS* cp = t.comp != nullptr ? static_cast<PS*>(t.comp) + at : nullptr;
     const PS* gp = static_cast<const PS*>(t.grad) + at;
-    prefetch(call, t, at + PREFETCH_AHEAD, QBLOCK, hi);
+    constexpr int64_t ahead = std::is_same_v<PS, float> ? PREFETCH_AHEAD_F32 : PREFETCH_AHEAD;
+    if constexpr (ahead != 0) prefetch(call, t, at + ahead, QBLOCK, hi);
     uint32_t top[3];
     if (n == QBLOCK && prev_n > 0) {
       fused_float8<Lane, PS, R, AMS, PLAIN, true>(n, uint32_t(at), pp, cp, gp, b, top, rule, t.step_size, t.bc2_sqrt, keys);
